@@ -1,0 +1,132 @@
+"""Typed configuration schema: the single source of truth for every config key.
+
+Each section is a dataclass; `DialsumConfig` nests them. Loading, layering and validation live in
+`engine.config`; this file only says which keys exist, their types, defaults and allowed ranges.
+A field's `metadata` may carry `choices` (allowed values), `min`/`max` (inclusive bounds) and `help`.
+`None` defaults mean "decide automatically" (the launcher's planner fills them into the Plan).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _f(default, help: str = "", **meta):
+    """A dataclass field with a help text and validation metadata (choices, min, max)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f("dialsum", "Experiment name; also the default registry model name.")
+    output_root: str = _f("outputs", "Root folder for runs, checkpoints, caches, the SQLite store and W&B files.")
+    seed: int = _f(42, "Random seed for model init, data order and sampling.", min=0)
+    tags: list[str] = _f([], "Free-form tags stored on the run.")
+    notes: str = _f("", "Free-form notes stored on the run.")
+    group: str = _f("", "Run group (sweeps set this); also the W&B group.")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("", "Hugging Face hub id or local directory of a seq2seq model (AutoModelForSeq2SeqLM).")
+    tokenizer: str = _f("", "Tokenizer hub id or directory; empty means the same as name_or_path.")
+    registry_name: str = _f("", "Model name in the registry; empty means experiment.name.")
+
+
+@dataclass
+class DataConfig:
+    train_file: str = _f("", "Training dialogues, CSV or JSONL with fname, dialogue, summary[, topic].")
+    eval_file: str = _f("", "Evaluation dialogues (same columns; summary1..N for several references).")
+    test_file: str = _f("", "Optional test dialogues (fname, dialogue) to predict after training.")
+    max_source_length: int = _f(512, "Dialogue tokens kept (truncation).", min=8)
+    max_target_length: int = _f(128, "Summary tokens kept (truncation).", min=4)
+    source_prefix: str = _f("", "Text prepended to every dialogue (e.g. 'summarize: ' for T5).")
+    max_train_samples: int | None = _f(None, "Use only the first N training rows.", min=1)
+    max_eval_samples: int | None = _f(None, "Use only the first N evaluation rows.", min=1)
+    cache_dir: str = _f("", "Tokenized-data cache; empty means <output_root>/cache.")
+    speaker_tokens: bool = _f(True, "Add #...# speaker/placeholder tags found in the data as special tokens.")
+
+
+@dataclass
+class TrainingConfig:
+    num_train_epochs: float = _f(1.0, "Epochs (ignored when max_steps > 0).", min=0.0)
+    max_steps: int = _f(-1, "Optimizer steps; -1 means use num_train_epochs.", min=-1)
+    learning_rate: float = _f(5e-5, "Peak learning rate.", min=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
+    warmup_ratio: float = _f(0.0, "Fraction of steps for linear warm-up.", min=0.0, max=1.0)
+    lr_scheduler_type: str = _f("linear", "transformers scheduler name.",
+                                choices=["linear", "cosine", "constant", "constant_with_warmup", "polynomial"])
+    optim: str = _f("adamw_torch", "transformers optimizer name.", choices=["adamw_torch", "adamw_torch_fused", "adafactor"])
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.", min=0.0)
+    label_smoothing_factor: float = _f(0.0, "Label smoothing.", min=0.0, max=1.0)
+    global_batch_size: int = _f(8, "Samples per optimizer step across all ranks (micro-batch x accumulation x world).", min=1)
+    logging_steps: int = _f(10, "Log train metrics every N steps.", min=1)
+    eval_strategy: str = _f("steps", "When to evaluate.", choices=["no", "steps", "epoch"])
+    eval_steps: int = _f(100, "Evaluate every N steps (eval_strategy=steps).", min=1)
+    save_total_limit: int = _f(1, "Checkpoints kept besides the best.", min=1)
+    metric_for_best_model: str = _f("rouge_combined_f1", "Metric that picks the best checkpoint and registry version.")
+    greater_is_better: bool = _f(True, "Goal of metric_for_best_model.")
+    early_stopping_patience: int | None = _f(None, "Stop after N evaluations without improvement.", min=1)
+    early_stopping_threshold: float = _f(0.0, "Minimum improvement that resets patience.", min=0.0)
+    dataloader_num_workers: int = _f(0, "DataLoader workers per rank.", min=0)
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = _f(4, "Beam width for evaluation and prediction.", min=1)
+    max_new_tokens: int = _f(64, "Longest generated summary.", min=1)
+    min_new_tokens: int = _f(0, "Shortest generated summary.", min=0)
+    length_penalty: float = _f(1.0, "Beam length penalty.")
+    no_repeat_ngram_size: int = _f(0, "Block repeated n-grams of this size (0 = off).", min=0)
+    early_stopping: bool = _f(True, "Stop beams when all have finished.")
+
+
+@dataclass
+class ParallelConfig:
+    """Planner pins: None lets the launcher decide; a value is honoured or the launch fails with a reason."""
+    nproc_per_node: int | None = _f(None, "Rank processes per node (default: GPUs, or 1 on CPU).", min=1)
+    zero_stage: int | None = _f(None, "DeepSpeed ZeRO stage.", min=0, max=3)
+    offload_optimizer: bool | None = _f(None, "Offload optimizer states to CPU (ZeRO >= 1).")
+    offload_params: bool | None = _f(None, "Offload parameters to CPU (ZeRO-3).")
+    gradient_checkpointing: bool | None = _f(None, "Recompute activations in backward.")
+    micro_batch_size: int | None = _f(None, "Per-rank batch per forward pass.", min=1)
+    precision: str = _f("auto", "Training precision.", choices=["auto", "fp32", "bf16", "fp16"])
+    deepspeed: bool = _f(True, "Train under DeepSpeed (False: plain DDP/single process).")
+    memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
+
+
+@dataclass
+class EvaluationConfig:
+    lang: str = _f("en", "Language of the summaries (ROUGE tokenization).", choices=["en", "ko"])
+    tokenizer: str = _f("default", "ROUGE tokenizer: rouge-score's default, whitespace, or morpheme (Korean, kiwipiepy).",
+                        choices=["default", "whitespace", "morpheme"])
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = _f("", "SQLAlchemy URL of the tracking store; empty means sqlite:///<output_root>/dialsum.db.")
+    wandb_mode: str = _f("offline", "W&B mode.", choices=["offline", "online", "disabled"])
+    wandb_project: str = _f("dialsum", "W&B project.")
+    wandb_entity: str = _f("", "W&B entity (team); empty means the default.")
+    heartbeat_seconds: float = _f(30.0, "How often rank 0 marks the run alive.", min=1.0)
+    register_model: bool = _f(True, "Register a model version for each completed run.")
+
+
+@dataclass
+class CallbackSpec:
+    path: str = _f("", "Import path 'package.module:ClassName' of a transformers TrainerCallback.")
+    kwargs: dict = _f({}, "Keyword arguments for the callback's constructor.")
+
+
+@dataclass
+class DialsumConfig:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    callbacks: list[CallbackSpec] = field(default_factory=list)
