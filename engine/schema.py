@@ -114,6 +114,26 @@ class TrackingConfig:
 
 
 @dataclass
+class MonitoringConfig:
+    """Anomaly detector and profiler callbacks (engine/callbacks). Each anomaly kind has a policy: warn, stop or off."""
+    on_nan_loss: str = _f("stop", "NaN/Inf train loss or grad norm.", choices=["warn", "stop", "off"])
+    on_loss_spike: str = _f("warn", "Train loss far above its recent median (robust z-score).", choices=["warn", "stop", "off"])
+    on_grad_norm_explosion: str = _f("warn", "Grad norm above grad_norm_threshold or grad_norm_factor x its median.",
+                                     choices=["warn", "stop", "off"])
+    on_throughput_drop: str = _f("warn", "Samples/s below throughput_drop x its recent median.", choices=["warn", "stop", "off"])
+    on_memory_growth: str = _f("warn", "Memory grew at every one of memory_growth_logs consecutive logs.",
+                               choices=["warn", "stop", "off"])
+    anomaly_window: int = _f(50, "Recent train logs the medians are taken over.", min=5)
+    loss_spike_z: float = _f(6.0, "Robust z-score (median/MAD) above which a loss is a spike.", min=0.0)
+    grad_norm_threshold: float | None = _f(None, "Absolute grad-norm limit (None: only the relative rule).", min=0.0)
+    grad_norm_factor: float = _f(10.0, "Grad norm above this multiple of its recent median is an explosion.", min=1.0)
+    throughput_drop: float = _f(0.5, "Fraction of the median samples/s below which throughput has dropped.", min=0.0, max=1.0)
+    memory_growth_logs: int = _f(20, "Consecutive logs of growing memory that count as a leak.", min=2)
+    profile_start_step: int | None = _f(None, "Record a torch.profiler trace starting at this step (None: off).", min=0)
+    profile_steps: int = _f(3, "Steps in the torch.profiler trace window.", min=1)
+
+
+@dataclass
 class CallbackSpec:
     path: str = _f("", "Import path 'package.module:ClassName' of a transformers TrainerCallback.")
     kwargs: dict = _f({}, "Keyword arguments for the callback's constructor.")
@@ -129,4 +149,5 @@ class DialsumConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     callbacks: list[CallbackSpec] = field(default_factory=list)

@@ -43,8 +43,12 @@ class Plan:
         return cls(**data)
 
     @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_json(Path(path).read_text())
 
     def save(self, path: str | Path) -> None:
         """Atomic write: ranks may read the file while the launcher is still around."""

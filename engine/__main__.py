@@ -1,0 +1,48 @@
+"""Per-rank entry: `python -m engine --plan PLAN.json` (from `dialsum launch`) or `python -m engine --config X.yaml`
+(started directly by torchrun, accelerate launch or srun: rank 0 plans and broadcasts)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from engine.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--plan", help="Plan JSON written by `dialsum launch`.")
+    source.add_argument("--config", nargs="+", help="Config YAML file(s), when started by torchrun/accelerate/srun.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        from launcher.plan import Plan
+
+        if args.plan:
+            plan = Plan.load(args.plan)
+            os.environ.update(plan.env)
+        else:
+            from engine.distributed import plan_for_this_process
+
+            plan = plan_for_this_process(args.config, args.set)
+        from engine.trainer import DialogueSummarizationTrainer
+
+        trainer = DialogueSummarizationTrainer(plan)
+        result = trainer.train(trainer.prepare_data())
+    except UserError as exc:
+        print(f"dialsum: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if rank == 0:
+        best = ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items() if k.startswith("rouge"))
+        print(f"run {result.run_id} completed: {best}; model v{result.model_version} at {result.model_path}; "
+              f"predictions {result.predictions_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Per-rank memory: current and peak (CUDA allocated/reserved on GPU, process RSS on CPU), peaks gathered to rank 0.
+
+`gather_peak_bytes` is a collective: every rank calls it (the tracker does so in `on_train_end`, which all ranks run),
+never inside rank-0-only code.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+from typing import TYPE_CHECKING
+
+import psutil
+import torch
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from engine.recorder import Recorder
+
+
+def _on_cuda() -> bool:
+    """True once this process has put work on a GPU (a CPU run on a GPU machine reports RSS)."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def current_memory_bytes() -> int:
+    """Memory in use now: CUDA allocated on GPU, resident set size on CPU."""
+    return int(torch.cuda.memory_allocated()) if _on_cuda() else int(psutil.Process().memory_info().rss)
+
+
+def local_peak_bytes() -> int:
+    """This rank's peak: CUDA max allocated on GPU, process peak RSS on CPU."""
+    if _on_cuda():
+        return int(torch.cuda.max_memory_allocated())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux kilobytes
+
+
+def memory_snapshot() -> dict[str, float]:
+    """Current and peak memory of this rank as `memory/*` metrics."""
+    metrics = {"memory/rss_bytes": float(psutil.Process().memory_info().rss)}
+    if _on_cuda():
+        metrics.update({
+            "memory/allocated_bytes": float(torch.cuda.memory_allocated()),
+            "memory/reserved_bytes": float(torch.cuda.memory_reserved()),
+            "memory/peak_allocated_bytes": float(torch.cuda.max_memory_allocated()),
+            "memory/peak_reserved_bytes": float(torch.cuda.max_memory_reserved()),
+        })
+    else:
+        metrics["memory/peak_rss_bytes"] = float(local_peak_bytes())
+    return metrics
+
+
+def gather_peak_bytes() -> list[int]:
+    """Every rank's peak, indexed by rank (a collective when torch.distributed is initialised: call on all ranks)."""
+    peak = local_peak_bytes()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [peak]
+    peaks: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(peaks, peak)
+    return [int(p) for p in peaks]
+
+
+class MemoryTracker(TrainerCallback):
+    """Records this rank's memory at each train log; at the end, every rank's peak (gathered) on rank 0's recorder."""
+
+    def __init__(self, recorder: "Recorder"):
+        self.recorder = recorder
+        self.peaks: list[int] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:  # train logs only; eval logs at the same step would duplicate
+            self.recorder.log_metrics(state.global_step, memory_snapshot())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.peaks = gather_peak_bytes()
+        step = state.global_step
+        self.recorder.log_metrics(step, {f"memory/peak_bytes_rank{r}": float(p) for r, p in enumerate(self.peaks)})
+        self.recorder.log_event(step, "memory_peaks", {"peak_bytes_per_rank": self.peaks, "max_bytes": max(self.peaks),
+                                                       "device": "cuda" if _on_cuda() else "cpu"})

@@ -1,0 +1,59 @@
+"""Plans for ranks that were started by someone else (torchrun, accelerate launch, srun, or a plain `python`).
+
+Rank 0 plans once and broadcasts the Plan; other ranks receive it, so ranks never re-plan. The process group is
+initialised first with the device's natural backend (nccl with CUDA, else gloo), the same one the planner picks.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from engine.config import load_config
+from launcher.plan import Plan
+
+
+def new_run_id() -> str:
+    """A job's run id: DIALSUM_RUN_ID when a resumed job must keep its run, else a fresh one."""
+    return os.environ.get("DIALSUM_RUN_ID") or uuid.uuid4().hex[:12]
+
+
+def init_process_group(use_deepspeed: bool) -> None:
+    if torch.distributed.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if use_deepspeed:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    else:
+        torch.distributed.init_process_group(backend=backend)
+
+
+def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] = (),
+                          sweep_params: Mapping[str, Any] | None = None) -> Plan:
+    from launcher.planner import make_plan
+    from launcher.topology import detect_topology
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    loaded = load_config(config_files, overrides, sweep_params=sweep_params)
+    if world_size == 1:
+        plan = make_plan(loaded, detect_topology(), run_id=new_run_id(), nnodes=1, nproc_per_node=1)
+        os.environ.update(plan.env)
+        return plan
+    init_process_group(loaded.config.parallel.deepspeed)
+    payload: list[Any] = [None]
+    if torch.distributed.get_rank() == 0:
+        plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
+                         nnodes=world_size // local_world, nproc_per_node=local_world)
+        payload = [plan.to_json()]
+    torch.distributed.broadcast_object_list(payload, src=0)
+    plan = Plan.from_json(payload[0])
+    os.environ.update(plan.env)
+    return plan

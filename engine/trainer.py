@@ -1,0 +1,261 @@
+"""The per-rank training entry: data in, Seq2SeqTrainer under DeepSpeed, ROUGE, best model out, run recorded.
+
+Reads top to bottom: `create_trainer` (config -> plan) -> `prepare_data` (dialogues -> cached token ids) -> `train`
+(Trainer built from the plan, evaluation by generation, best checkpoint exported, rank-0 recorder told what happened).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from engine.atomic import atomic_write_text
+from engine.best import BestTracker
+from engine.callbacks import AnomalyDetector, load_custom_callbacks
+from engine.config import config_from_dict
+from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
+from engine.environment import collect_environment
+from engine.modeling import decode_summaries, load_model_and_tokenizer
+from engine.recorder import make_recorder
+from engine.rouge import score_summaries
+from launcher.plan import Plan
+
+log = logging.getLogger(__name__)
+
+# Files of a Trainer checkpoint that make up the model; DeepSpeed/optimizer state (pickles) is never exported.
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+@dataclass
+class Datasets:
+    train: SummarizationDataset
+    eval: SummarizationDataset
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    best_metrics: dict = field(default_factory=dict)
+    final_metrics: dict = field(default_factory=dict)
+    best_step: int | None = None
+    model_path: str | None = None
+    model_version: int | None = None
+    predictions_path: str | None = None
+
+
+class RecorderCallback(TrainerCallback):
+    """Forwards the Trainer's logs to the recorder under `train/` and `eval/` names."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        metrics = {}
+        for key, value in (logs or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if key.startswith("eval_"):
+                metrics[f"eval/{key[5:]}"] = float(value)
+            else:
+                metrics[f"train/{key.removeprefix('train_')}"] = float(value)
+        if metrics:
+            self.recorder.log_metrics(state.global_step, metrics)
+
+
+class DialogueSummarizationTrainer:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.cfg = config_from_dict(plan.config)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.run_dir = Path(self.cfg.experiment.output_root).resolve() / "runs" / plan.run_id
+        self.model = None
+        self.tokenizer = None
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> Datasets:
+        d = self.cfg.data
+        train_rows = read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
+        eval_rows = read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
+        tags = find_placeholder_tokens(train_rows + eval_rows) if d.speaker_tokens else []
+        self.model, self.tokenizer = load_model_and_tokenizer(self.cfg.model, tags)
+        cache_dir = Path(d.cache_dir or Path(self.cfg.experiment.output_root) / "cache")
+        common = dict(max_source_length=d.max_source_length, max_target_length=d.max_target_length,
+                      source_prefix=d.source_prefix, with_labels=True, cache_dir=cache_dir)
+        return Datasets(train=tokenize_split(train_rows, self.tokenizer, **common),
+                        eval=tokenize_split(eval_rows, self.tokenizer, **common))
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def _training_arguments(self):
+        cfg, plan, t = self.cfg, self.plan, self.cfg.training
+        evaluate = t.eval_strategy != "no"
+        return Seq2SeqTrainingArguments(
+            output_dir=str(self.run_dir / "checkpoints"),
+            seed=cfg.experiment.seed,
+            use_cpu=plan.device == "cpu",
+            deepspeed=plan.deepspeed_config if plan.use_deepspeed else None,
+            per_device_train_batch_size=plan.micro_batch_size,
+            per_device_eval_batch_size=plan.micro_batch_size,
+            gradient_accumulation_steps=plan.gradient_accumulation_steps,
+            gradient_checkpointing=plan.gradient_checkpointing,
+            bf16=plan.precision == "bf16",
+            fp16=plan.precision == "fp16",
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            warmup_ratio=t.warmup_ratio,
+            lr_scheduler_type=t.lr_scheduler_type,
+            optim=t.optim,
+            max_grad_norm=t.max_grad_norm,
+            label_smoothing_factor=t.label_smoothing_factor,
+            num_train_epochs=t.num_train_epochs,
+            max_steps=t.max_steps,
+            logging_steps=t.logging_steps,
+            logging_first_step=True,
+            eval_strategy=t.eval_strategy,
+            eval_steps=t.eval_steps,
+            save_strategy=t.eval_strategy if evaluate else "no",
+            save_steps=t.eval_steps,
+            save_total_limit=t.save_total_limit,
+            metric_for_best_model=t.metric_for_best_model if evaluate else None,
+            greater_is_better=t.greater_is_better,
+            load_best_model_at_end=False,  # best weights are exported from their safetensors checkpoint instead
+            predict_with_generate=True,
+            report_to="none",
+            dataloader_num_workers=t.dataloader_num_workers,
+            # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (lessons.md).
+            average_tokens_across_devices=False,
+            disable_tqdm=self.rank != 0,
+            save_only_model=False,
+        )
+
+    def _apply_generation_config(self) -> None:
+        g = self.cfg.generation
+        gen = self.model.generation_config
+        gen.num_beams = g.num_beams
+        gen.max_new_tokens = g.max_new_tokens
+        gen.min_new_tokens = g.min_new_tokens
+        gen.length_penalty = g.length_penalty
+        gen.no_repeat_ngram_size = g.no_repeat_ngram_size
+        gen.early_stopping = g.early_stopping
+        gen.max_length = None
+
+    def train(self, datasets: Datasets) -> TrainResult:
+        cfg, plan = self.cfg, self.plan
+        result = TrainResult(run_id=plan.run_id)
+        recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
+            plan.save(self.run_dir / "plan.json")
+        recorder.start()
+        trainer = None
+        try:
+            self._apply_generation_config()
+            best = BestTracker(cfg.training.metric_for_best_model, cfg.training.greater_is_better,
+                               self.run_dir / "predictions.csv", datasets.eval.fnames)
+
+            def compute_metrics(pred) -> dict[str, float]:
+                summaries = decode_summaries(self.tokenizer, aligned_predictions(pred, datasets.eval))
+                best.latest_predictions = summaries
+                return score_summaries(summaries, datasets.eval.references, lang=cfg.evaluation.lang,
+                                       tokenizer=cfg.evaluation.tokenizer)
+
+            callbacks = [RecorderCallback(recorder), best, AnomalyDetector(recorder), *load_custom_callbacks(cfg.callbacks)]
+            if cfg.training.early_stopping_patience:
+                callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
+                                                       cfg.training.early_stopping_threshold))
+            trainer = Seq2SeqTrainer(
+                model=self.model, args=self._training_arguments(), train_dataset=datasets.train,
+                eval_dataset=datasets.eval, processing_class=self.tokenizer,
+                data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
+                compute_metrics=compute_metrics, callbacks=callbacks,
+            )
+            trainer.train()
+            if not best.last_metrics and cfg.training.eval_strategy != "no":
+                trainer.evaluate()
+            result.best_metrics, result.best_step = best.best_metrics, best.best_step
+            result.final_metrics = best.last_metrics
+            model_dir = self._export_model(trainer)
+            result.model_path = str(model_dir)
+            if (self.run_dir / "predictions.csv").exists():
+                result.predictions_path = str(self.run_dir / "predictions.csv")
+            if cfg.tracking.register_model:
+                result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
+                                                               self._model_metadata(datasets, result))
+            summary = {f"best/{k}": v for k, v in result.best_metrics.items()}
+            summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
+            recorder.finish("completed", summary=summary)
+        except BaseException as exc:
+            recorder.finish("failed", error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank)
+            raise
+        finally:
+            trainer = None
+            _teardown()
+        return result
+
+    def _export_model(self, trainer) -> Path:
+        """Copy the best checkpoint's model files (safetensors, configs, tokenizer) to <run>/model, atomically."""
+        target = self.run_dir / "model"
+        best_dir = trainer.state.best_model_checkpoint
+        if self.rank == 0:
+            tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=self.run_dir))
+            if best_dir:
+                for f in Path(best_dir).iterdir():
+                    if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES) and f.name != "trainer_state.json":
+                        shutil.copy2(f, tmp / f.name)
+        if not best_dir:  # no evaluation: the final weights are the model (save_model gathers ZeRO-3 shards)
+            trainer.save_model(str(tmp) if self.rank == 0 else None)
+        if self.rank == 0:
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        return target
+
+    def _model_metadata(self, datasets: Datasets, result: TrainResult) -> dict:
+        return {
+            "base_model": self.cfg.model.name_or_path,
+            "data_hashes": {"train": datasets.train.content_hash, "eval": datasets.eval.content_hash},
+            "best_step": result.best_step,
+            "max_source_length": self.cfg.data.max_source_length,
+            "max_target_length": self.cfg.data.max_target_length,
+        }
+
+
+def aligned_predictions(pred, dataset: SummarizationDataset):
+    """Generated ids in dataset order. Distributed evaluation pads the last round with repeated samples (seen with
+    DeepSpeed on CPU: 16 predictions for 10 rows), so keep the first len(dataset) and prove the order by the labels."""
+    n = len(dataset)
+    if len(pred.predictions) < n:
+        raise RuntimeError(f"evaluation returned {len(pred.predictions)} predictions for {n} rows")
+    for i in (0, n // 2, n - 1):
+        expected = dataset[i]["labels"]
+        got = [t for t in pred.label_ids[i].tolist() if t != -100]
+        if got != expected:
+            raise RuntimeError(f"evaluation order mismatch at row {i}: predictions do not line up with the dataset")
+    return pred.predictions[:n]
+
+
+def _teardown() -> None:
+    """Free the engine and close the process group cleanly (avoids rare gloo aborts at exit; feasibility.md)."""
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def create_trainer(config_path: str, sweep_mode: bool = False) -> DialogueSummarizationTrainer:
+    """Public API from the seed: config file -> trainer. In sweep mode the W&B run's parameters are a config layer."""
+    from engine.distributed import plan_for_this_process
+
+    sweep_params = None
+    if sweep_mode:
+        import wandb
+
+        sweep_params = dict(wandb.config) if wandb.run is not None else {}
+    return DialogueSummarizationTrainer(plan_for_this_process([config_path], sweep_params=sweep_params))

@@ -1,0 +1,73 @@
+"""W&B for one run, on rank 0 only: offline by default, one run id per job (kept across resumes), never fatal.
+
+Every call is guarded: no network, a bad key or a wandb bug is logged once and W&B is switched off for the rest of the
+run, so training never fails because of it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine.schema import DialsumConfig
+
+log = logging.getLogger(__name__)
+
+
+class WandbRun:
+    def __init__(self, cfg: DialsumConfig, run_id: str):
+        self.cfg = cfg
+        self.run_id = run_id
+        self.run = None
+        self.enabled = cfg.tracking.wandb_mode != "disabled"
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # W&B must never fail training
+            log.warning("W&B %s failed, continuing without W&B: %s", what, exc)
+            self.enabled = False
+            return None
+
+    def start(self, config: dict, plan: dict) -> str | None:
+        def _init():
+            import wandb
+
+            t = self.cfg.tracking
+            root = Path(self.cfg.experiment.output_root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(
+                project=t.wandb_project, entity=t.wandb_entity or None, name=self.cfg.experiment.name,
+                group=self.cfg.experiment.group or None, tags=list(self.cfg.experiment.tags) or None,
+                notes=self.cfg.experiment.notes or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
+                dir=str(root), config={**config, "plan": plan}, settings=wandb.Settings(silent=True),
+            )
+            return self.run.id
+
+        return self._guard("init", _init)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.run is not None:
+            self._guard("log", self.run.log, dict(metrics), step=step)
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        if self.run is not None:
+            self._guard("summary", self.run.summary.update, dict(metrics))
+
+    def log_model_artifact(self, name: str, version: int, model_dir: Path, metrics: dict[str, float]) -> None:
+        def _log():
+            import wandb
+
+            artifact = wandb.Artifact(name=name, type="model", metadata={"registry_version": version, **metrics})
+            artifact.add_dir(str(model_dir))
+            self.run.log_artifact(artifact, aliases=[f"v{version}", "latest"])
+
+        if self.run is not None:
+            self._guard("artifact", _log)
+
+    def finish(self, exit_code: int) -> None:
+        if self.run is not None:
+            self._guard("finish", self.run.finish, exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,62 @@
+"""`dialsum config show`: print the effective config (YAML or JSON), or with --explain which layer set each key."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+import yaml
+
+from engine.config import LoadedConfig, add_config_arguments, explain_rows, load_from_args
+
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^/@\s]+@")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("config", help="inspect the layered configuration")
+    actions = parser.add_subparsers(dest="config_action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print the effective config after all layers "
+                                           "(defaults < files < DIALSUM_* env < --set)")
+    add_config_arguments(show)
+    show.add_argument("--explain", action="store_true", help="table of key | value | layer that set it")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML / a table")
+    show.set_defaults(func=run)
+
+
+def _redact(value: Any) -> Any:
+    """Hide passwords in URLs (tracking.uri may be postgresql://user:secret@host/db): output lands in logs."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _print_table(loaded: LoadedConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("layer", overflow="fold")
+    for key, value, layer in explain_rows(loaded):
+        table.add_row(key, json.dumps(_redact(value), ensure_ascii=False), layer, style=None if layer == "default" else "cyan")
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_from_args(args)
+    if args.explain and args.json:
+        rows = [{"key": k, "value": _redact(v), "layer": layer} for k, v, layer in explain_rows(loaded)]
+        print(json.dumps(rows, indent=2))
+    elif args.explain:
+        _print_table(loaded)
+    elif args.json:
+        print(json.dumps(_redact(loaded.to_dict()), indent=2))
+    else:
+        print(yaml.safe_dump(_redact(loaded.to_dict()), sort_keys=False, allow_unicode=True), end="")
+    return 0

@@ -1,0 +1,57 @@
+"""`dialsum launch`: validate config and data, plan for this hardware, spawn the DeepSpeed ranks, return their code."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from engine.config import add_config_arguments, load_from_args
+from engine.data import read_dialogues
+from engine.distributed import new_run_id
+from launcher.plan import Plan
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("launch", help="plan for this hardware and train on DeepSpeed ranks")
+    add_config_arguments(parser)
+    parser.add_argument("--nproc", type=int, default=None, help="rank processes on this node (default: planned)")
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes in the job")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
+    parser.add_argument("--master-addr", default=None, help="rendezvous host (multi-node)")
+    parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
+    parser.add_argument("--max-restarts", type=int, default=0, help="torch elastic restarts of the worker group")
+    parser.add_argument("--topology-file", default=None, help="plan for a described topology instead of this machine")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.set_defaults(func=run)
+
+
+def check_data(cfg) -> None:
+    """Read every configured split once so bad data fails here, before any rank starts or any run is recorded."""
+    d = cfg.data
+    read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
+    read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.planner import make_plan
+    from launcher.render import print_plan
+    from launcher.topology import detect_topology, load_topology
+
+    loaded = load_from_args(args)
+    check_data(loaded.config)
+    topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
+    plan = make_plan(loaded, topology, run_id=new_run_id(), nnodes=args.nnodes, nproc_per_node=args.nproc)
+    print_plan(plan)
+    if args.dry_run:
+        return 0
+    from launcher.spawn import spawn_ranks
+    from launcher.run_outcome import record_launch_failure
+
+    plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
+    plan.save(plan_path)
+    os.environ["DIALSUM_RUN_ID"] = plan.run_id
+    outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
+                          master_port=args.master_port, max_restarts=args.max_restarts)
+    if outcome.exit_code != 0:
+        record_launch_failure(loaded.config, plan.run_id, outcome)
+    return outcome.exit_code

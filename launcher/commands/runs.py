@@ -1,0 +1,122 @@
+"""`dialsum runs list|show|compare`: read the tracking store (also hosts the store/table helpers `models` uses)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from engine.store import Store, Tracker, open_store, resolve_store_uri
+from engine.store.tracker import flatten
+
+HISTORY_ROWS = 20  # steps the `runs show` table prints (--json prints all)
+
+
+def store_arguments() -> argparse.ArgumentParser:
+    """--uri / --output-root / --json, shared by every `runs` and `models` subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--uri", default="", help="SQLAlchemy URL of the store (default: $DIALSUM_TRACKING_URI, "
+                                                  "else sqlite:///<output-root>/dialsum.db)")
+    common.add_argument("--output-root", default="outputs", help="experiment.output_root holding dialsum.db")
+    common.add_argument("--json", action="store_true", help="print plain JSON instead of tables")
+    return common
+
+
+def open_from_args(args: argparse.Namespace) -> Store:
+    return open_store(resolve_store_uri(args.uri, args.output_root), create=False)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe: NaN/Infinity become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(_plain(obj), indent=2, default=str))
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(fmt(v) for v in row))
+    Console(width=200).print(table)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = store_arguments()
+    parser = sub.add_parser("runs", help="list, show and compare tracked runs")
+    runs_sub = parser.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    p = runs_sub.add_parser("list", parents=[common], help="runs, newest first or sorted by a metric")
+    p.add_argument("--status", help="created|running|crashed|completed|failed|killed|preempted")
+    p.add_argument("--sort", metavar="METRIC", help="sort by this metric (summary, else latest value)")
+    p.add_argument("--ascending", action="store_true", help="with --sort: smallest first")
+    p.add_argument("--group", help="only runs of this group")
+    p = runs_sub.add_parser("show", parents=[common], help="everything about one run")
+    p.add_argument("run_id")
+    p = runs_sub.add_parser("compare", parents=[common], help="params that differ and metrics side by side")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tracker = Tracker(open_from_args(args))
+    if args.runs_command == "list":
+        rows = tracker.list_runs(status=args.status, sort_by_metric=args.sort, descending=not args.ascending,
+                                 group=args.group)
+        if args.json:
+            print_json(rows)
+            return 0
+        keys = [args.sort] if args.sort else sorted({k for r in rows for k in r["summary"]})[:4]
+        print_table(f"runs ({len(rows)})", ["run", "name", "group", "status", "created", "duration_s", *keys],
+                    [[r["run_id"], r["name"], r["group"], r["status"], r["created_at"], r["duration_s"],
+                      *(r["metrics"].get(k) for k in keys)] for r in rows])
+    elif args.runs_command == "show":
+        _show(tracker.get_run(args.run_id), args.json)
+    else:
+        result = tracker.compare(args.run_ids)
+        if args.json:
+            print_json(result)
+            return 0
+        print_table("params that differ", ["param", *result["run_ids"]],
+                    [[k, *v] for k, v in result["params"].items()])
+        print_table("metrics", ["metric", *result["run_ids"]],
+                    [["status", *result["status"]], *([k, *v] for k, v in result["metrics"].items())])
+    return 0
+
+
+def _show(r: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(r)
+        return
+    fields = ["run_id", "name", "group", "status", "tags", "notes", "created_at", "started_at", "ended_at",
+              "heartbeat_at", "duration_s", "exit_code", "failing_rank", "error", "wandb_id"]
+    print_table(f"run {r['run_id']}", ["field", "value"], [[f, r[f]] for f in fields if r[f] not in ("", [], None)])
+    print_table("metrics (summary wins over latest)", ["metric", "value"], sorted(r["metrics"].items()))
+    keys = sorted({k for h in r["history"] for k in h if k != "step"})
+    print_table(f"history ({len(r['history'])} steps, last {HISTORY_ROWS} shown)", ["step", *keys],
+                [[h["step"], *(h.get(k) for k in keys)] for h in r["history"][-HISTORY_ROWS:]])
+    if r["events"]:
+        print_table("events", ["step", "kind", "data", "at"], [[e["step"], e["kind"], e["data"], e["at"]]
+                                                              for e in r["events"]])
+    print_table("config", ["key", "value"], sorted(flatten(r["config"]).items()))

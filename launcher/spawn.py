@@ -1,0 +1,46 @@
+"""Spawn the rank processes through torch elastic (the machinery behind torchrun), stream their output, and turn
+the outcome into an exit code plus, on failure, which rank died and how."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from launcher.plan import Plan
+
+
+@dataclass
+class LaunchOutcome:
+    exit_code: int
+    failing_rank: int | None = None
+    error: str = ""
+
+
+def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr: str | None = None,
+                master_port: int = 29500, max_restarts: int = 0) -> LaunchOutcome:
+    """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr."""
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    os.environ.update(plan.env)
+    if plan.nnodes == 1 and master_addr is None:
+        backend, endpoint, rdzv_configs = "c10d", "localhost:0", {}  # what `torchrun --standalone` does
+    else:
+        backend, endpoint, rdzv_configs = "static", f"{master_addr}:{master_port}", {"rank": node_rank}
+    config = LaunchConfig(
+        min_nodes=plan.nnodes, max_nodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
+        run_id=f"dialsum-{plan.run_id}-{uuid.uuid4().hex[:6]}", rdzv_backend=backend, rdzv_endpoint=endpoint,
+        rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn",
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "engine", "--plan", str(plan_path))
+    except ChildFailedError as exc:
+        rank, failure = min(exc.failures.items())
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # signal -9 -> 137
+        return LaunchOutcome(exit_code=code, failing_rank=rank,
+                             error=f"rank {rank} exited with code {failure.exitcode}")
+    return LaunchOutcome(exit_code=0)

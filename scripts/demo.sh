@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Command 1: set up the environment and run the demo (tiny BART, DialogSum mini, DeepSpeed ZeRO-2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_SILENT=true TOKENIZERS_PARALLELISM=false
+MODEL=outputs/demo/tiny-bart
+[ -f "$MODEL/config.json" ] || dialsum init-model --from-data data/dialogsum-mini/train.csv --out "$MODEL" --size tiny
+NPROC=()
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" = "0" ]; then
+  NPROC=(--nproc 2)   # no GPU: two CPU ranks under DeepSpeed (gloo)
+fi
+dialsum launch configs/demo.yaml "${NPROC[@]}" "$@"
+dialsum runs list --output-root outputs/demo
+dialsum models list --output-root outputs/demo

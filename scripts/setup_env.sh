@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: create .venv (once) and install dialsum with its pinned ranges.
+# torch is installed first at an exact version so pip takes the local CPU build where one is provided
+# (on a CUDA machine with torch already present, set DIALSUM_SKIP_TORCH=1 to keep yours).
+set -euo pipefail
+VENV="${DIALSUM_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ -z "${DIALSUM_SKIP_TORCH:-}" ] && ! python -c "import torch" 2>/dev/null; then
+  python -m pip install -q "torch==2.13.0"
+fi
+python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+python -c "import engine, launcher, deepspeed, transformers" >/dev/null
