@@ -395,6 +395,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one dotted key, e.g. --set training.learning_rate=3e-5 (repeatable)")
 
 
-def load_from_args(args: argparse.Namespace) -> LoadedConfig:
+def load_from_args(args: argparse.Namespace, sweep_params: Mapping[str, Any] | None = None) -> LoadedConfig:
     """load_config from the arguments added by `add_config_arguments` (environment = os.environ)."""
-    return load_config([*args.config, *args.extra_configs], overrides=args.overrides)
+    return load_config([*args.config, *args.extra_configs], overrides=args.overrides, sweep_params=sweep_params)

@@ -56,12 +56,12 @@ def read_dialogues(path: str | Path, *, require_summary: bool, limit: int | None
     first_row: dict[str, str] = {}
     try:
         for label, row in records:
-            if limit is not None and len(dialogues) >= limit:
-                break
             dialogues.append(_to_dialogue(row, f"{where}: {label}", require_summary))
             previous = first_row.setdefault(dialogues[-1].fname, label)
             if previous != label:
                 raise UserError(f"{where}: {label}: duplicate fname {dialogues[-1].fname!r} (first at {previous})")
+            if len(dialogues) == limit:  # rows past the limit are not read, so not checked either
+                break
     except UnicodeDecodeError as exc:
         raise UserError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
@@ -141,16 +141,14 @@ def find_placeholder_tokens(dialogues: list[Dialogue]) -> list[str]:
 class SummarizationDataset(torch.utils.data.Dataset):
     """Unpadded token ids as flat int32 arrays + offsets; items are dicts of python int lists for the collator."""
 
-    def __init__(self, dialogues: list[Dialogue], arrays: dict[str, np.ndarray], *, from_cache: bool):
+    def __init__(self, dialogues: list[Dialogue], arrays: dict[str, np.ndarray], *, from_cache: bool,
+                 content_hash: str = ""):
         self.fnames = [d.fname for d in dialogues]
+        self.content_hash = content_hash
         self.references = [d.references for d in dialogues]
         self.from_cache = from_cache
         self._src, self._src_off = arrays["src_ids"], arrays["src_offsets"]
         self._tgt, self._tgt_off = arrays.get("tgt_ids"), arrays.get("tgt_offsets")
-
-    @property
-    def with_labels(self) -> bool:
-        return self._tgt is not None
 
     def __len__(self) -> int:
         return len(self._src_off) - 1
@@ -167,21 +165,30 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what decides token ids: the serialized backend (vocab, merges, normalizers, added tokens) + special tokens."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
+    if backend is not None:  # minus the truncation/padding state each tokenizer call leaves behind
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:  # a python-only tokenizer: its vocabulary is the best proxy we have
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps([tokenizer.all_special_tokens, tokenizer.padding_side, tokenizer.truncation_side]).encode())
     return h.hexdigest()
 
 
-def _cache_key(dialogues: list[Dialogue], tokenizer, max_source_length: int, max_target_length: int,
-               source_prefix: str, with_labels: bool) -> str:
-    h = hashlib.sha256(json.dumps([_CACHE_FORMAT, tokenizer_fingerprint(tokenizer), max_source_length,
-                                   max_target_length, source_prefix, with_labels]).encode())
+def content_hash(dialogues: list[Dialogue]) -> str:
+    """Hash of the rows as read (fnames, dialogues, references): recorded with registered models, keys the cache."""
+    h = hashlib.sha256()
     for d in dialogues:
         h.update(json.dumps([d.fname, d.dialogue, d.references]).encode())
-    return h.hexdigest()[:32]
+    return h.hexdigest()
+
+
+def _cache_key(data_hash: str, tokenizer, max_source_length: int, max_target_length: int,
+               source_prefix: str, with_labels: bool) -> str:
+    key = [_CACHE_FORMAT, tokenizer_fingerprint(tokenizer), max_source_length, max_target_length, source_prefix,
+           with_labels, data_hash]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
 
 def _flatten(seqs: list[list[int]], prefix: str) -> dict[str, np.ndarray]:
@@ -217,6 +224,20 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _encode_sources(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """The same ids as `tokenizer(texts, max_length=..., truncation=True)` (tested), about 3x faster: the backend's batch
+    encoder without offsets or per-row python conversion, on a copy so the tokenizer's own state is untouched."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, max_length=max_length, truncation=True)["input_ids"]
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(backend.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_length, direction=tokenizer.truncation_side)
+    return [e.ids for e in backend.encode_batch_fast(texts)]
+
+
 def tokenize_split(dialogues: list[Dialogue], tokenizer, *, max_source_length: int, max_target_length: int,
                    source_prefix: str = "", with_labels: bool, cache_dir: str | Path | None) -> SummarizationDataset:
     """Tokenize dialogues (and the first reference as the target when with_labels), truncating, never padding."""
@@ -225,19 +246,20 @@ def tokenize_split(dialogues: list[Dialogue], tokenizer, *, max_source_length: i
         if missing:
             raise UserError(f"cannot train or evaluate on dialogues without a summary: {', '.join(missing[:5])}")
     path = None
+    data_hash = content_hash(dialogues)
     if cache_dir is not None:
-        key = _cache_key(dialogues, tokenizer, max_source_length, max_target_length, source_prefix, with_labels)
+        key = _cache_key(data_hash, tokenizer, max_source_length, max_target_length, source_prefix, with_labels)
         path = Path(cache_dir) / f"tokens-{key}.npz"
         arrays = _load_cache(path, len(dialogues), with_labels)
         if arrays is not None:
-            return SummarizationDataset(dialogues, arrays, from_cache=True)
+            return SummarizationDataset(dialogues, arrays, from_cache=True, content_hash=data_hash)
 
-    sources = tokenizer([source_prefix + d.dialogue for d in dialogues], max_length=max_source_length, truncation=True)
-    arrays = _flatten(sources["input_ids"], "src")
+    arrays = _flatten(_encode_sources(tokenizer, [source_prefix + d.dialogue for d in dialogues], max_source_length),
+                      "src")
     if with_labels:
         targets = tokenizer(text_target=[d.references[0] for d in dialogues], max_length=max_target_length,
                             truncation=True)
         arrays.update(_flatten(targets["input_ids"], "tgt"))
     if path is not None:
         _save_cache(path, arrays)
-    return SummarizationDataset(dialogues, arrays, from_cache=False)
+    return SummarizationDataset(dialogues, arrays, from_cache=False, content_hash=data_hash)

@@ -18,19 +18,27 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
 
 
-def _check_source(name: str, key: str) -> None:
+def _check_source(name: str, key: str) -> str:
+    """What to pass to from_pretrained: the expanded local directory, or the hub id; missing directories are errors."""
     if not name:
         raise UserError(f"{key}: empty (expected a Hugging Face hub id or a local model directory)")
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{key}: {name} is a file (expected a model directory written by save_pretrained)")
-    elif _looks_like_path(name):
+        if key == "model.name_or_path" and not (path / "config.json").is_file():
+            raise UserError(f"{key}: {name} has no config.json (expected a model directory written by save_pretrained)")
+        return str(path)
+    if _looks_like_path(name):
         raise UserError(f"{key}: no such directory: {name}")
+    return name
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _reason(name: str, exc: Exception) -> str:
+    """The library's message on one line (shortened), saying whether the hub was the only place looked."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return text if Path(name).expanduser().exists() else f"not a local directory, and the hub said: {text}"
 
 
 def add_speaker_tokens(tokenizer, tokens: list[str]) -> int:
@@ -50,17 +58,17 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[
 
     tok_name, tok_key = ((model_cfg.tokenizer, "model.tokenizer") if model_cfg.tokenizer
                          else (model_cfg.name_or_path, "model.name_or_path"))
-    _check_source(model_cfg.name_or_path, "model.name_or_path")
-    _check_source(tok_name, tok_key)
+    model_src = _check_source(model_cfg.name_or_path, "model.name_or_path")
+    tok_src = _check_source(tok_name, tok_key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_name)
+        tokenizer = AutoTokenizer.from_pretrained(tok_src)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{tok_key}: cannot load a tokenizer from {tok_name!r}: {_first_line(exc)}") from None
+        raise UserError(f"{tok_key}: cannot load a tokenizer from {tok_name!r}: {_reason(tok_name, exc)}") from None
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_cfg.name_or_path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_src)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a seq2seq model from {model_cfg.name_or_path!r}: "
-                        f"{_first_line(exc)}") from None
+                        f"{_reason(model_cfg.name_or_path, exc)}") from None
 
     if tokenizer.pad_token is None:  # the collator and generation need one; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,8 +1,9 @@
 """ROUGE-1/2/L F1 for summaries, multi-reference by the competition rule, with tokenizers that keep Korean.
 
 Scoring is rouge-score's `RougeScorer` (n-gram overlap and LCS are not reimplemented here); only the tokenizer changes:
-- "default": rouge-score's own (lowercase, ASCII letters and digits only). English results equal rouge-score exactly.
-  It deletes every non-Latin character, so Korean would score 0: it is refused for lang="ko".
+- "default": the language's default. English: rouge-score's own tokenizer (lowercase, ASCII letters and digits only),
+  so results equal rouge-score exactly. Korean: "whitespace", since rouge-score's deletes every non-Latin character
+  and Korean would score 0.
 - "whitespace": lowercase, punctuation to spaces (Unicode-aware, keeps Hangul), split on whitespace.
 - "morpheme": kiwipiepy morphemes (lowercased forms, punctuation dropped); the competition's choice for Korean.
 
@@ -56,19 +57,17 @@ def _kiwi():
 
 @functools.lru_cache(maxsize=8)
 def make_scorer(lang: str = "en", tokenizer: str = "default", use_stemmer: bool = False):
-    """A rouge-score `RougeScorer` for ROUGE-1/2/L with the tokenizer for this language (cached: Kiwi is slow to load)."""
+    """A rouge-score `RougeScorer` for ROUGE-1/2/L with the tokenizer for this language (cached: Kiwi is slow to load).
+    `use_stemmer` (Porter) applies to English's default tokenizer only."""
     from rouge_score.rouge_scorer import RougeScorer
 
     if lang not in LANGS:
         raise UserError(f"evaluation.lang: expected one of {', '.join(LANGS)}, got {lang!r}")
     if tokenizer not in TOKENIZERS:
         raise UserError(f"evaluation.tokenizer: expected one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
-    if tokenizer == "default":
-        if lang == "ko":
-            raise UserError("evaluation.tokenizer: 'default' deletes Hangul (Korean would score 0); "
-                            "use 'whitespace' or 'morpheme' with lang 'ko'")
+    if tokenizer == "default" and lang == "en":
         return RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    tok = WhitespaceTokenizer() if tokenizer == "whitespace" else MorphemeTokenizer()
+    tok = MorphemeTokenizer() if tokenizer == "morpheme" else WhitespaceTokenizer()
     return RougeScorer(list(ROUGE_TYPES), tokenizer=tok)
 
 

@@ -19,7 +19,7 @@ from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqT
 
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker
-from engine.callbacks import AnomalyDetector, load_custom_callbacks
+from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment
@@ -27,6 +27,7 @@ from engine.modeling import decode_summaries, load_model_and_tokenizer
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
 from launcher.plan import Plan
+from launcher.sweep.pruning import sweep_callbacks_from_env
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class DialogueSummarizationTrainer:
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
             weight_decay=t.weight_decay,
-            warmup_ratio=t.warmup_ratio,
+            warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
             lr_scheduler_type=t.lr_scheduler_type,
             optim=t.optim,
             max_grad_norm=t.max_grad_norm,
@@ -127,7 +128,11 @@ class DialogueSummarizationTrainer:
             greater_is_better=t.greater_is_better,
             load_best_model_at_end=False,  # best weights are exported from their safetensors checkpoint instead
             predict_with_generate=True,
+            generation_max_length=self.cfg.generation.max_new_tokens + 1,
+            generation_num_beams=self.cfg.generation.num_beams,
             report_to="none",
+            include_num_input_tokens_seen="non_padding",
+            logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
             dataloader_num_workers=t.dataloader_num_workers,
             # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (lessons.md).
             average_tokens_across_devices=False,
@@ -136,15 +141,16 @@ class DialogueSummarizationTrainer:
         )
 
     def _apply_generation_config(self) -> None:
+        """Generation settings on the model's GenerationConfig, which the Seq2SeqTrainer uses for evaluation. Lengths
+        are given as max_length/min_length (the decoder start token counts), so no length setting conflicts."""
         g = self.cfg.generation
         gen = self.model.generation_config
         gen.num_beams = g.num_beams
-        gen.max_new_tokens = g.max_new_tokens
-        gen.min_new_tokens = g.min_new_tokens
+        gen.max_length = g.max_new_tokens + 1
+        gen.min_length = g.min_new_tokens + 1 if g.min_new_tokens else 0
         gen.length_penalty = g.length_penalty
         gen.no_repeat_ngram_size = g.no_repeat_ngram_size
         gen.early_stopping = g.early_stopping
-        gen.max_length = None
 
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
@@ -161,12 +167,21 @@ class DialogueSummarizationTrainer:
                                self.run_dir / "predictions.csv", datasets.eval.fnames)
 
             def compute_metrics(pred) -> dict[str, float]:
-                summaries = decode_summaries(self.tokenizer, aligned_predictions(pred, datasets.eval))
+                summaries = decode_summaries(self.tokenizer, aligned_predictions(pred, datasets.eval, self.tokenizer.pad_token_id))
                 best.latest_predictions = summaries
                 return score_summaries(summaries, datasets.eval.references, lang=cfg.evaluation.lang,
                                        tokenizer=cfg.evaluation.tokenizer)
 
-            callbacks = [RecorderCallback(recorder), best, AnomalyDetector(recorder), *load_custom_callbacks(cfg.callbacks)]
+            callbacks = [
+                RecorderCallback(recorder), best,
+                AnomalyDetector.from_config(cfg.monitoring, recorder, all_reduce_flag=any_rank_flag),
+                MemoryTracker(recorder),
+                Profiler.from_config(cfg.monitoring, recorder, num_params=self.model.num_parameters(),
+                                     target_to_source=cfg.data.max_target_length / cfg.data.max_source_length,
+                                     trace_dir=self.run_dir / "traces"),
+                *load_custom_callbacks(cfg.callbacks, recorder=recorder),
+                *sweep_callbacks_from_env(),
+            ]
             if cfg.training.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
                                                        cfg.training.early_stopping_threshold))
@@ -227,18 +242,29 @@ class DialogueSummarizationTrainer:
         }
 
 
-def aligned_predictions(pred, dataset: SummarizationDataset):
+def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
     """Generated ids in dataset order. Distributed evaluation pads the last round with repeated samples (seen with
-    DeepSpeed on CPU: 16 predictions for 10 rows), so keep the first len(dataset) and prove the order by the labels."""
+    DeepSpeed on CPU: 16 predictions for 10 rows), so keep the first len(dataset) and prove the order by the labels
+    (which the Seq2SeqTrainer pads with -100 or the pad token)."""
     n = len(dataset)
     if len(pred.predictions) < n:
         raise RuntimeError(f"evaluation returned {len(pred.predictions)} predictions for {n} rows")
-    for i in (0, n // 2, n - 1):
-        expected = dataset[i]["labels"]
-        got = [t for t in pred.label_ids[i].tolist() if t != -100]
+    for i in sorted({0, n // 2, n - 1}):
+        expected = [t for t in dataset[i]["labels"] if t != pad_token_id]
+        got = [t for t in pred.label_ids[i].tolist() if t not in (-100, pad_token_id)]
         if got != expected:
             raise RuntimeError(f"evaluation order mismatch at row {i}: predictions do not line up with the dataset")
     return pred.predictions[:n]
+
+
+def any_rank_flag(flag: bool) -> bool:
+    """True on every rank when it is True on any rank (a collective every rank calls)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _teardown() -> None:

@@ -39,7 +39,7 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
     try:
         elastic_launch(config, sys.executable)("-m", "engine", "--plan", str(plan_path))
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # signal -9 -> 137
         return LaunchOutcome(exit_code=code, failing_rank=rank,
                              error=f"rank {rank} exited with code {failure.exitcode}")

@@ -42,7 +42,7 @@ class Anomaly:
     kind: str
     step: int
     message: str
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float | str] = field(default_factory=dict)  # non-finite values as text: JSON has no NaN
 
 
 def robust_z(value: float, history: list[float]) -> float:

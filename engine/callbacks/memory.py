@@ -32,7 +32,8 @@ def local_peak_bytes() -> int:
     if _on_cuda():
         return int(torch.cuda.max_memory_allocated())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux kilobytes
+    peak = peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux kilobytes
+    return max(int(peak), int(psutil.Process().memory_info().rss))  # Linux updates the high-water mark lazily
 
 
 def memory_snapshot() -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Registry metadata read straight from a checkpoint directory: no torch, no model load, no pickle.
 
-Parameter counts come from the safetensors headers (8-byte little-endian length + JSON of dtype/shape per tensor);
-the rest from `config.json` and `tokenizer_config.json`.
+Parameter counts come from the safetensors headers (8-byte little-endian length + JSON of dtype/shape per tensor), so
+they count every stored tensor: parameters (tied ones once, as saved) plus persistent buffers such as BART's
+final_logits_bias. The rest comes from `config.json` and `tokenizer_config.json`.
 """
 from __future__ import annotations
 

@@ -230,6 +230,12 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _sqlite_engine(url) -> Engine:
     engine = create_engine(url, json_serializer=dumps, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -296,7 +302,7 @@ def open_store(uri: str, *, create: bool = True) -> Store:
     elif url.get_backend_name() == "postgresql":
         try:
             engine = create_engine(url, json_serializer=dumps, pool_pre_ping=True)
-        except NoSuchModuleError:
+        except (NoSuchModuleError, ImportError):
             raise UserError(f"tracking store URI {display_uri(uri)!r}: driver {url.drivername} is not installed "
                             "(use postgresql+psycopg://)") from None
     else:

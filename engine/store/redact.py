@@ -7,7 +7,8 @@ from typing import Any
 REDACTED = "***"
 
 # A secret-looking key word, as a whole word of a snake/kebab/dotted/camelCase key: `hf_token`, `WANDB_API_KEY`,
-# `apiKey`, `db_password`, `client_secret` match; `max_new_tokens`, `tokenizer`, `speaker_tokens`, `pad_token_id` do not.
+# `apiKey`, `db_password`, `client_secret` match; `max_new_tokens`, `tokenizer`, `speaker_tokens`, `pad_token_id`
+# do not.
 _SECRET_KEY = re.compile(r"(?:^|[^a-z])(?:token(?!_ids?$)|secrets?|passwords?|passwd|api_?key|apikey)(?:$|[^a-z])")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 # The password of a URL's user-info: scheme://user:PASS@host.

@@ -72,7 +72,7 @@ class Tracker:
     def set_summary(self, run_id: str, metrics_: dict[str, float]) -> None:
         """Merge best/final metrics into the run's summary."""
         def write(conn: Connection) -> None:
-            summary = self._row(conn, run_id).summary
+            summary = self._row(conn, run_id, lock=True).summary
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(summary={**summary, **metrics_}))
 
         self.store.write(write)
@@ -175,8 +175,10 @@ class Tracker:
 
         self.store.write(write)
 
-    def _row(self, conn: Connection, run_id: str):
-        row = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
+    def _row(self, conn: Connection, run_id: str, lock: bool = False):
+        """The run's row; `lock` holds it (PostgreSQL) for a read-modify-write."""
+        query = select(runs).where(runs.c.run_id == run_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             raise UserError(f"no run {run_id!r} in {self.store.uri}")
         return row

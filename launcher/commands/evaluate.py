@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--references", required=True, type=Path,
                         help="CSV or JSONL with fname, dialogue and summary or summary1..N (best over references)")
     parser.add_argument("--lang", choices=LANGS, default="en", help="language of the summaries (default: en)")
-    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=None,
-                        help="ROUGE tokenizer (default: 'default' for en, 'whitespace' for ko)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="default",
+                        help="ROUGE tokenizer; 'default' is rouge-score's for en and 'whitespace' for ko "
+                             "(morpheme: kiwipiepy, for ko)")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.set_defaults(func=run)
 
@@ -57,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from engine.data import read_dialogues
     from engine.rouge import score_summaries
 
-    tokenizer = args.tokenizer or ("whitespace" if args.lang == "ko" else "default")
     predictions = read_predictions(args.predictions)
     references = read_dialogues(args.references, require_summary=True, key="--references")
     missing = [d.fname for d in references if d.fname not in predictions]
@@ -69,17 +69,19 @@ def run(args: argparse.Namespace) -> int:
     if extra:
         raise UserError(f"{args.predictions}: fname {extra[0]!r} is not in {args.references} ({len(extra)} extra)")
     scores = score_summaries([predictions[d.fname] for d in references], [d.references for d in references],
-                             lang=args.lang, tokenizer=tokenizer)
+                             lang=args.lang, tokenizer=args.tokenizer)
     if args.json:
-        print(json.dumps({**scores, "lang": args.lang, "tokenizer": tokenizer}, indent=2))
+        print(json.dumps({**scores, "lang": args.lang, "tokenizer": args.tokenizer}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"ROUGE F1 ({scores['num_samples']} dialogues, lang {args.lang}, tokenizer {tokenizer})")
+    console = Console()
+    console.print(f"ROUGE F1 over {scores['num_samples']} dialogues (lang {args.lang}, tokenizer {args.tokenizer})")
+    table = Table()
     table.add_column("metric")
     table.add_column("F1", justify="right")
     for key in METRIC_KEYS:
         table.add_row(key, f"{scores[key]:.4f}")
-    Console().print(table)
+    console.print(table)
     return 0

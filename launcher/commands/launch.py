@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from engine.config import add_config_arguments, load_from_args
+from engine.errors import UserError
 from engine.data import read_dialogues
 from engine.distributed import new_run_id
 from launcher.plan import Plan
@@ -21,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
     parser.add_argument("--max-restarts", type=int, default=0, help="torch elastic restarts of the worker group")
     parser.add_argument("--topology-file", default=None, help="plan for a described topology instead of this machine")
+    parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
+                        help="sweep parameters (dotted keys), applied above files and environment, below --set")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.set_defaults(func=run)
 
@@ -32,12 +36,24 @@ def check_data(cfg) -> None:
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
 
 
+def read_sweep_params(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        params = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read sweep parameters as JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: sweep parameters must be a JSON object of dotted keys")
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     from launcher.planner import make_plan
-    from launcher.render import print_plan
+    from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
 
-    loaded = load_from_args(args)
+    loaded = load_from_args(args, sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
     plan = make_plan(loaded, topology, run_id=new_run_id(), nnodes=args.nnodes, nproc_per_node=args.nproc)

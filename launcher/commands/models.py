@@ -44,7 +44,12 @@ def _version_ref(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    registry = Registry(open_from_args(args))
+    with open_from_args(args) as store:
+        _run(Registry(store), args)
+    return 0
+
+
+def _run(registry: Registry, args: argparse.Namespace) -> None:
     action = args.models_command
     if action == "list":
         rows = registry.list_models()
@@ -94,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
         name, version = _version_ref(args.ref)
         registry.delete(name, version)
         print(f"deleted {name}:{version}")
-    return 0
 
 
 def _show(v: dict[str, Any], audit: list[dict[str, Any]]) -> None:

@@ -55,7 +55,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -80,13 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tracker = Tracker(open_from_args(args))
+    with open_from_args(args) as store:
+        _run(Tracker(store), args)
+    return 0
+
+
+def _run(tracker: Tracker, args: argparse.Namespace) -> None:
     if args.runs_command == "list":
         rows = tracker.list_runs(status=args.status, sort_by_metric=args.sort, descending=not args.ascending,
                                  group=args.group)
         if args.json:
             print_json(rows)
-            return 0
+            return
         keys = [args.sort] if args.sort else sorted({k for r in rows for k in r["summary"]})[:4]
         print_table(f"runs ({len(rows)})", ["run", "name", "group", "status", "created", "duration_s", *keys],
                     [[r["run_id"], r["name"], r["group"], r["status"], r["created_at"], r["duration_s"],
@@ -97,12 +102,11 @@ def run(args: argparse.Namespace) -> int:
         result = tracker.compare(args.run_ids)
         if args.json:
             print_json(result)
-            return 0
+            return
         print_table("params that differ", ["param", *result["run_ids"]],
                     [[k, *v] for k, v in result["params"].items()])
         print_table("metrics", ["metric", *result["run_ids"]],
                     [["status", *result["status"]], *([k, *v] for k, v in result["metrics"].items())])
-    return 0
 
 
 def _show(r: dict[str, Any], as_json: bool) -> None:

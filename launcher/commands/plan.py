@@ -1,0 +1,142 @@
+"""`dialsum plan`: the plan for a config on this (or a described) machine, one reason per decision and the predicted
+per-GPU memory of every ZeRO stage; or, with --model-params, the same for a bare parameter count."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+
+from engine.errors import UserError
+from launcher.plan import Plan
+
+PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
+DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size")
+_COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("plan", help="show the hardware-aware plan (ZeRO stage, offload, batch, precision) and why")
+    # The config arguments of engine.config.add_config_arguments, with CONFIG optional for --model-params.
+    parser.add_argument("config", nargs="*", metavar="CONFIG", help="YAML config files, later ones win")
+    parser.add_argument("--config", dest="extra_configs", action="append", default=[], metavar="FILE",
+                        help="another YAML config file, applied after the positional ones (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one dotted key, e.g. --set parallel.zero_stage=2 (repeatable)")
+    parser.add_argument("--topology-file", default=None, help="plan for a described topology (YAML/JSON) instead of "
+                        "this machine")
+    parser.add_argument("--nproc", type=int, default=None, help="rank processes per node (default: GPUs, or 1 on CPU)")
+    parser.add_argument("--nodes", type=int, default=None, help="nodes (default: the topology's cluster view)")
+    parser.add_argument("--model-params", default=None, metavar="N",
+                        help="plan for a bare parameter count instead of a config (e.g. 7e9, 350M, 7B)")
+    parser.add_argument("--gpus", type=int, default=None, help="with --model-params: GPUs per node")
+    parser.add_argument("--gpu-memory", default=None, metavar="SIZE", help="with --model-params: memory of one GPU "
+                        "(80GiB binary, 80GB decimal)")
+    parser.add_argument("--host-memory", default="1TiB", metavar="SIZE", help="with --model-params: host RAM per node")
+    parser.add_argument("--json", action="store_true", help="print the Plan (with per-stage memory) as JSON")
+    parser.set_defaults(func=run)
+
+
+def parse_count(text: str) -> int:
+    """'7e9', '350M', '7B', '1.5T' -> parameters."""
+    match = _COUNT.fullmatch(text)
+    if not match:
+        raise UserError(f"--model-params: expected a count like 7e9, 350M or 7B, got {text!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()]
+    count = int(float(match.group(1)) * scale)
+    if count < 1:
+        raise UserError(f"--model-params: must be >= 1, got {text!r}")
+    return count
+
+
+def _bare_plan(args: argparse.Namespace) -> Plan:
+    from engine.schema import DialsumConfig
+    from launcher.memory import bare_spec
+    from launcher.planner import plan_for_spec
+    from launcher.topology import ClusterInfo, GPUInfo, Topology, parse_size
+
+    if args.config or args.extra_configs or args.overrides or args.topology_file:
+        raise UserError("--model-params: plans a bare parameter count; give no CONFIG, --config, --set or "
+                        "--topology-file with it")
+    if not args.gpus or not args.gpu_memory:
+        raise UserError("--model-params: needs --gpus G and --gpu-memory SIZE (e.g. --gpus 8 --gpu-memory 80GB)")
+    params, nodes = parse_count(args.model_params), args.nodes or 1
+    memory = parse_size(args.gpu_memory, "--gpu-memory")
+    gpus = [GPUInfo(index=i, name="GPU", memory_total_bytes=memory, compute_capability="8.0", bf16=True)
+            for i in range(args.gpus)]
+    links = [["self" if i == j else "nvlink" for j in range(args.gpus)] for i in range(args.gpus)]
+    topology = Topology(hostname="described", cpu_cores=0, ram_bytes=parse_size(args.host_memory, "--host-memory"),
+                        cpu_bf16=False, gpus=gpus, links=links, cluster=ClusterInfo(nnodes=nodes), source="args")
+    cfg = DialsumConfig()
+    cfg.training.global_batch_size = nodes * (args.nproc or args.gpus)  # one sample per rank: activations unknown
+    plan = plan_for_spec(cfg, bare_spec(params), topology, run_id=PLAN_RUN_ID, nnodes=nodes, nproc_per_node=args.nproc)
+    plan.reasons = {"model": f"bare count of {params / 1e9:.2f}B parameters; GPUs assumed bf16-capable and "
+                             "NVLink-connected within a node; activations not modelled", **plan.reasons}
+    return plan
+
+
+def _config_plan(args: argparse.Namespace) -> Plan:
+    from engine.config import load_from_args
+    from launcher.planner import make_plan
+    from launcher.topology import detect_topology, load_topology
+
+    if not args.config:
+        raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
+    loaded = load_from_args(args)
+    topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
+    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nodes, nproc_per_node=args.nproc)
+
+
+def run(args: argparse.Namespace) -> int:
+    with contextlib.redirect_stdout(sys.stderr):  # library chatter (DeepSpeed logs to stdout) must not mix with --json
+        plan = _bare_plan(args) if args.model_params else _config_plan(args)
+    if args.json:
+        print(plan.to_json())
+    else:
+        print_plan(plan)
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def print_plan(plan: Plan) -> None:
+    """The decision table (decision | value | reason) and the per-stage memory table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if "model" in plan.reasons:
+        console.print(f"[bold]Model:[/bold] {plan.reasons['model']}")
+    offload = "optimizer+params" if plan.offload_params else ("optimizer" if plan.offload_optimizer else "none")
+    values = {
+        "world_size": f"{plan.world_size} ({plan.nnodes}x{plan.nproc_per_node}, {plan.device}/{plan.backend})",
+        "precision": plan.precision,
+        "zero_stage": f"{plan.zero_stage} ({'DeepSpeed' if plan.use_deepspeed else 'DDP'})",
+        "offload": offload,
+        "gradient_checkpointing": "on" if plan.gradient_checkpointing else "off",
+        "micro_batch_size": f"{plan.micro_batch_size} (x{plan.gradient_accumulation_steps} accumulation, "
+                            f"global {plan.global_batch_size})",
+    }
+    table = Table(title="Plan", show_lines=False)
+    for column in ("decision", "value", "reason"):
+        table.add_column(column, overflow="fold")
+    for key in DECISIONS:
+        reason = plan.reasons.get(key, "")
+        table.add_row(key, values[key], reason.split(": ", 1)[1] if ": " in reason else reason)
+    console.print(table)
+    if not plan.memory:
+        return
+    mem = Table(title="Predicted memory per GPU (at the chosen micro-batch and checkpointing)")
+    for column in ("ZeRO stage", "model states", "activations", "overhead", "total", "fits"):
+        mem.add_column(column, justify="right")
+    for stage in "0123":
+        row = plan.memory[stage]
+        chosen = " *" if int(stage) == plan.zero_stage else ""
+        mem.add_row(stage + chosen, _gib(row["model_state_bytes_per_gpu"]), _gib(row["activation_bytes_per_gpu"]),
+                    _gib(row["overhead_bytes_per_gpu"]), _gib(row["total"]), "yes" if row["fits"] else "no")
+    console.print(mem)
+    console.print(f"Predicted peak {_gib(plan.memory['predicted_peak_bytes_per_gpu'])} of a "
+                  f"{_gib(plan.memory['budget_bytes_per_gpu'])} budget ({_gib(plan.memory['device_bytes'])} device); "
+                  f"host RAM per node {_gib(plan.memory['cpu_bytes_per_node'])}")

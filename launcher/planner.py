@@ -1,0 +1,380 @@
+"""The planner: from a config and a topology to a Plan, choosing the cheapest setting that fits, with one reason per
+decision.
+
+Candidates (ZeRO stage x optimizer/parameter offload x gradient checkpointing) are tried cheapest first; the first
+that fits with `parallel.memory_headroom` left free wins, with the largest micro-batch that keeps
+`training.global_batch_size` exact. Cost order: ZeRO 0 < 1 < 2 (same communication volume as DDP) < ZeRO-3 (1.5x
+the traffic: cheap on NVLink, priced above checkpointing and optimizer offload on PCIe or across nodes) <
+checkpointing (~1/3 more compute) < optimizer offload (CPU Adam, PCIe copies) < parameter offload. User pins in
+`config.parallel` restrict the candidates; a pinned plan that cannot fit is a UserError saying by how much and what
+would fit instead.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.errors import UserError
+from engine.schema import DialsumConfig, ParallelConfig
+from launcher.ds_config import render_deepspeed_config
+from launcher.memory import (
+    GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, model_spec, model_state_bytes, overhead_bytes,
+)
+from launcher.plan import Plan
+from launcher.topology import Topology
+
+if TYPE_CHECKING:
+    from engine.config import LoadedConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    zero_stage: int
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    gradient_checkpointing: bool = False
+
+    def cost(self, slow_interconnect: bool) -> float:
+        stage = (0.0, 0.1, 0.2, 9.0 if slow_interconnect else 2.0)[self.zero_stage]
+        return stage + 4 * self.gradient_checkpointing + 6 * self.offload_optimizer + 10 * self.offload_params
+
+    def describe(self) -> str:
+        offload = {(False, False): "no offload", (True, False): "optimizer offload",
+                   (True, True): "optimizer+parameter offload"}[(self.offload_optimizer, self.offload_params)]
+        return f"ZeRO-{self.zero_stage}, {offload}, checkpointing {'on' if self.gradient_checkpointing else 'off'}"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    model_states: int
+    activations: int
+    overhead: int
+    cpu_per_node: int   # host RAM a GPU plan needs per node (0 on CPU: everything is in `total`)
+
+    @property
+    def total(self) -> int:
+        return self.model_states + self.activations + self.overhead
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything fixed before the search: model, device, precision, world and budgets."""
+    spec: ModelSpec
+    device: str
+    precision: str
+    nnodes: int
+    nproc: int
+    source_length: int
+    target_length: int
+    device_bytes: int    # memory of one GPU, or this rank's share of RAM on CPU
+    budget: int          # device_bytes x (1 - headroom)
+    cpu_budget: int      # host RAM per node x (1 - headroom)
+    slow_interconnect: bool
+
+    @property
+    def world(self) -> int:
+        return self.nnodes * self.nproc
+
+    def footprint(self, c: Candidate, micro: int) -> Footprint:
+        spec = self.spec
+        states = model_state_bytes(spec, stage=c.zero_stage, world_size=self.world, precision=self.precision,
+                                   offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+        acts = activation_bytes(spec, micro_batch=micro, source_length=self.source_length,
+                                target_length=self.target_length, precision=self.precision,
+                                checkpointing=c.gradient_checkpointing,
+                                fused_attention=spec.sdpa and self.device == "cuda")
+        cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
+            spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
+            offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+        return Footprint(states, acts, overhead_bytes(spec, device=self.device, stage=c.zero_stage,
+                                                      precision=self.precision), cpu)
+
+    def fits(self, fp: Footprint) -> bool:
+        return fp.total <= self.budget and fp.cpu_per_node <= self.cpu_budget
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+# ---------------------------------------------------------------------------------------------------- decisions
+
+def choose_precision(pinned: str, topology: Topology, model_type: str) -> tuple[str, str]:
+    t5 = model_type in T5_FAMILY
+    if not topology.gpus:
+        if pinned == "fp16":
+            raise UserError("parallel.precision: fp16 is not supported on CPU (DeepSpeed rejects it); use fp32 or bf16")
+        if pinned == "bf16":
+            if not topology.cpu_bf16:
+                raise UserError("parallel.precision: bf16 pinned but this CPU has no native bf16 (avx512_bf16/AMX); "
+                                "use fp32 or auto")
+            return "bf16", "bf16: pinned (parallel.precision); this CPU has native bf16"
+        return "fp32", "fp32: CPU default (pin parallel.precision=bf16 to use the CPU's bf16)"
+    if pinned == "fp16" and t5:
+        raise UserError(f"parallel.precision: fp16 pinned for a {model_type} model; T5-family activations overflow "
+                        "in fp16; use bf16 (compute capability >= 8.0) or fp32")
+    if pinned == "bf16" and not topology.bf16:
+        ccs = ", ".join(sorted({g.compute_capability for g in topology.gpus}))
+        raise UserError(f"parallel.precision: bf16 pinned but the GPUs (compute capability {ccs}) lack bf16; "
+                        f"use {'fp32' if t5 else 'fp16 or fp32'}")
+    if pinned != "auto":
+        return pinned, f"{pinned}: pinned (parallel.precision)"
+    if topology.bf16:
+        return "bf16", "bf16: every GPU has compute capability >= 8.0"
+    if t5:
+        return "fp32", f"fp32: no bf16 on these GPUs and fp16 overflows in {model_type} models"
+    return "fp16", "fp16: no bf16 on these GPUs (compute capability < 8.0); loss scaling on"
+
+
+def _world(topology: Topology, par: ParallelConfig, nnodes: int | None, nproc: int | None) -> tuple[int, int, str]:
+    nnodes = nnodes or topology.nnodes
+    if nproc is not None:
+        how = "--nproc"
+    elif par.nproc_per_node is not None:
+        nproc, how = par.nproc_per_node, "pinned (parallel.nproc_per_node)"
+    elif topology.gpus:
+        nproc, how = len(topology.gpus), "one rank per GPU"
+    else:
+        nproc, how = 1, "CPU default (pin parallel.nproc_per_node or pass --nproc for more ranks)"
+    if nproc < 1 or nnodes < 1:
+        raise UserError(f"nproc_per_node and nnodes must be >= 1, got {nproc} and {nnodes}")
+    if topology.gpus and nproc > len(topology.gpus):
+        raise UserError(f"parallel.nproc_per_node / --nproc: {nproc} ranks per node but the node has "
+                        f"{len(topology.gpus)} GPUs")
+    unit = "GPU" if topology.gpus else "CPU"
+    return nnodes, nproc, f"{nnodes * nproc}: {nnodes} node(s) x {nproc} {unit} rank(s) ({how})"
+
+
+def _check_global_batch(global_batch: int, world: int) -> int:
+    if global_batch % world:
+        below, above = global_batch // world * world, (global_batch // world + 1) * world
+        options = " or ".join(str(v) for v in (below, above) if v > 0)
+        raise UserError(f"training.global_batch_size: {global_batch} is not divisible by the world size {world} "
+                        f"(micro-batch x accumulation x world must equal it); use {options}, "
+                        f"or a world size that divides {global_batch}")
+    return global_batch // world
+
+
+def _check_pins(par: ParallelConfig, device: str) -> None:
+    if not par.deepspeed and (par.zero_stage or par.offload_optimizer or par.offload_params):
+        raise UserError("parallel.deepspeed: false (plain DDP) cannot honour parallel.zero_stage > 0 or CPU offload; "
+                        "set parallel.deepspeed=true or unset them")
+    if par.offload_optimizer and par.zero_stage == 0:
+        raise UserError("parallel.offload_optimizer: needs parallel.zero_stage >= 1 (got 0)")
+    if par.offload_params and par.zero_stage not in (None, 3):
+        raise UserError(f"parallel.offload_params: needs parallel.zero_stage=3 (got {par.zero_stage})")
+    if par.offload_params and par.offload_optimizer is False:
+        raise UserError("parallel.offload_params: needs parallel.offload_optimizer=true as well")
+
+
+def _candidates(par: ParallelConfig, device: str) -> list[Candidate]:
+    """Every setting DeepSpeed supports that agrees with the pins. On CPU, offload only when pinned (the states
+    are in RAM either way)."""
+    out = []
+    for stage, opt, params, ckpt in itertools.product(range(4), (False, True), (False, True), (False, True)):
+        c = Candidate(stage, opt, params, ckpt)
+        if (opt and stage == 0) or (params and (stage != 3 or not opt)) or (not par.deepspeed and stage):
+            continue
+        if device == "cpu" and opt and not (par.offload_optimizer or par.offload_params):
+            continue
+        pins = {"zero_stage": stage, "offload_optimizer": opt, "offload_params": params, "gradient_checkpointing": ckpt}
+        if all(getattr(par, k) is None or getattr(par, k) == v for k, v in pins.items()):
+            out.append(c)
+    return out
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def _search(setting: Setting, candidates: list[Candidate], micros: list[int]):
+    """(candidate, micro, footprint) of the cheapest candidate that fits, at its largest micro-batch; or None."""
+    for c in sorted(candidates, key=lambda c: (c.cost(setting.slow_interconnect), c.zero_stage)):
+        for micro in micros:
+            fp = setting.footprint(c, micro)
+            if setting.fits(fp):
+                return c, micro, fp
+    return None
+
+
+def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate], micros: list[int],
+             per_rank: int) -> UserError:
+    """The error for a plan that cannot fit: the least the pinned choices need, and what would fit instead."""
+    need = min((setting.footprint(c, micros[-1]) for c in candidates),
+               key=lambda fp: max(fp.total / setting.budget, fp.cpu_per_node / setting.cpu_budget))
+    headroom = f"(1 - parallel.memory_headroom {par.memory_headroom:g})"
+    if need.total / setting.budget >= need.cpu_per_node / setting.cpu_budget:
+        short = (f"needs {gib(need.total)} per {'GPU' if setting.device == 'cuda' else 'rank'}, "
+                 f"{gib(need.total - setting.budget)} over the {gib(setting.budget)} budget "
+                 f"({gib(setting.device_bytes)} x {headroom})")
+    else:
+        short = (f"needs {gib(need.cpu_per_node)} host RAM per node, {gib(need.cpu_per_node - setting.cpu_budget)} "
+                 f"over the {gib(setting.cpu_budget)} budget (each of the {setting.nproc} ranks loads the full fp32 "
+                 "model before DeepSpeed partitions it; offloaded states live there too)")
+    pins = [f"{k}={getattr(par, k)}" for k in ("zero_stage", "offload_optimizer", "offload_params",
+                                               "gradient_checkpointing", "micro_batch_size")
+            if getattr(par, k) is not None]
+    free = ParallelConfig(deepspeed=par.deepspeed)
+    found = _search(setting, _candidates(free, setting.device), _divisors_desc(per_rank)) if pins else None
+    if found:
+        c, micro, fp = found
+        return UserError(f"parallel ({', '.join(pins)}): the pinned plan {short}; would fit: zero_stage={c.zero_stage}, "
+                         f"offload_optimizer={c.offload_optimizer}, offload_params={c.offload_params}, "
+                         f"gradient_checkpointing={c.gradient_checkpointing}, micro_batch_size={micro} "
+                         f"({gib(fp.total)}); unset or change the pins")
+    what = f"parallel ({', '.join(pins)}): the pinned plan" if pins else "model.name_or_path: the model"
+    more = "" if par.deepspeed else " (parallel.deepspeed=false rules out ZeRO)"
+    return UserError(f"{what} {short} even in its smallest setting; nothing fits on {setting.world} "
+                     f"{'GPU' if setting.device == 'cuda' else 'CPU rank'}(s){more}: use more or larger GPUs, "
+                     f"shorter data.max_source_length, or a smaller model")
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+
+def _load_spec(name: str, device: str) -> tuple[ModelSpec | None, str]:
+    try:
+        spec = model_spec(name)
+    except (OSError, ValueError, KeyError) as exc:
+        why = f"model.name_or_path: cannot read the model config of {name!r}: {str(exc).splitlines()[0]}"
+        if device == "cuda":
+            raise UserError(f"{why}; a GPU plan needs the model's sizes (use a local model directory)") from None
+        return None, why
+    return spec, f"{spec.model_type}, {spec.params / 1e6:.1f}M parameters (from {name})"
+
+
+def make_plan(loaded: "LoadedConfig", topology: Topology, *, run_id: str, nnodes: int | None = None,
+              nproc_per_node: int | None = None) -> Plan:
+    """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view)."""
+    cfg = loaded.config
+    device = "cuda" if topology.gpus else "cpu"
+    spec, model_reason = _load_spec(cfg.model.name_or_path, device)
+    plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node)
+    plan.config, plan.config_sources = loaded.to_dict(), dict(loaded.sources)
+    plan.reasons = {"model": model_reason, **plan.reasons}
+    return plan
+
+
+def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *, run_id: str,
+                  nnodes: int | None = None, nproc_per_node: int | None = None) -> Plan:
+    """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan)."""
+    par = cfg.parallel
+    device = "cuda" if topology.gpus else "cpu"
+    _check_pins(par, device)
+    nnodes, nproc, world_reason = _world(topology, par, nnodes, nproc_per_node)
+    world = nnodes * nproc
+    per_rank = _check_global_batch(cfg.training.global_batch_size, world)
+    precision, precision_reason = choose_precision(par.precision, topology, spec.model_type if spec else "")
+    reasons = {"world_size": world_reason, "precision": precision_reason}
+    if par.micro_batch_size is not None and per_rank % par.micro_batch_size:
+        raise UserError(f"parallel.micro_batch_size: {par.micro_batch_size} does not divide "
+                        f"training.global_batch_size / world size = {cfg.training.global_batch_size} / {world} = "
+                        f"{per_rank}; use one of {', '.join(map(str, reversed(_divisors_desc(per_rank))))}")
+    candidates = _candidates(par, device)
+    memory: dict = {}
+    if spec is None:
+        chosen = min(candidates, key=lambda c: (c.cost(False), c.zero_stage))
+        micro = par.micro_batch_size or 1
+        reasons.update(zero_stage=f"{chosen.zero_stage}: model size unknown; cheapest allowed setting",
+                       offload="none" if not chosen.offload_optimizer else "pinned",
+                       gradient_checkpointing=f"{'on' if chosen.gradient_checkpointing else 'off'}: model size unknown",
+                       micro_batch_size=f"{micro}: model size unknown, smallest micro-batch")
+    else:
+        slow = world > 1 and (nnodes > 1 or (device == "cuda" and not topology.all_nvlink(nproc)))
+        if device == "cuda":
+            device_bytes = min(g.memory_total_bytes for g in topology.gpus[:nproc])
+        else:
+            device_bytes = topology.ram_bytes // nproc
+        setting = Setting(spec=spec, device=device, precision=precision, nnodes=nnodes, nproc=nproc,
+                          source_length=cfg.data.max_source_length, target_length=cfg.data.max_target_length,
+                          device_bytes=device_bytes, budget=int(device_bytes * (1 - par.memory_headroom)),
+                          cpu_budget=int(topology.ram_bytes * (1 - par.memory_headroom)), slow_interconnect=slow)
+        micros = [par.micro_batch_size] if par.micro_batch_size else (_divisors_desc(per_rank) if spec.has_architecture else [1])
+        found = _search(setting, candidates, micros)
+        if found is None:
+            raise _too_big(setting, par, candidates, micros, per_rank)
+        chosen, micro, fp = found
+        reasons.update(_explain(setting, par, chosen, micro, fp, per_rank))
+        memory = _memory_table(setting, chosen, micro, fp)
+    accum = per_rank // micro
+    ds = None
+    if par.deepspeed:
+        ds = render_deepspeed_config(zero_stage=chosen.zero_stage, precision=precision, micro_batch_size=micro,
+                                     gradient_accumulation_steps=accum, world_size=world,
+                                     gradient_clipping=cfg.training.max_grad_norm,
+                                     hidden_size=spec.hidden_size if spec else 0, device=device,
+                                     offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params)
+    return Plan(
+        run_id=run_id, config={}, config_sources={}, device=device, backend="nccl" if device == "cuda" else "gloo",
+        nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
+        use_deepspeed=par.deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
+        gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
+        gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
+        reasons=reasons, memory=memory, env={"DS_ACCELERATOR": "cpu"} if device == "cpu" else {},
+        topology=topology.to_dict())
+
+
+def _explain(s: Setting, par: ParallelConfig, c: Candidate, micro: int, fp: Footprint, per_rank: int) -> dict:
+    """One line per decision, naming the numbers that decided it."""
+    unit = "GPU" if s.device == "cuda" else "rank"
+    fit = f"{gib(fp.total)} of the {gib(s.budget)} budget per {unit}"
+    cheaper = [d for d in _candidates(ParallelConfig(deepspeed=par.deepspeed), s.device)
+               if d.cost(s.slow_interconnect) < c.cost(s.slow_interconnect)]
+    smallest = min((s.footprint(d, 1).total for d in cheaper), default=None)
+    if par.zero_stage is not None:
+        stage = f"{c.zero_stage}: pinned (parallel.zero_stage)"
+    elif not par.deepspeed:
+        stage = "0: parallel.deepspeed=false (plain DDP)"
+    elif c.zero_stage == 0:
+        stage = "0: model states fit without partitioning"
+    else:
+        stage = f"{c.zero_stage}: partitions {'optimizer states' if c.zero_stage == 1 else 'gradients and optimizer states' if c.zero_stage == 2 else 'parameters, gradients and optimizer states'} across {s.world} ranks"
+        if smallest is not None:
+            stage += f"; cheaper settings need >= {gib(smallest)} per {unit}"
+    zero3 = Candidate(3)
+    if (s.slow_interconnect and c.zero_stage < 3 and c.cost(True) > zero3.cost(False) and par.zero_stage is None
+            and s.fits(s.footprint(zero3, par.micro_batch_size or 1))):
+        link = "several nodes" if s.nnodes > 1 else "no NVLink between the GPUs"
+        stage += (f"; plain ZeRO-3 would fit but is priced above checkpointing/offload here ({link}: its "
+                  "parameter all-gathers are slow)")
+    if c.offload_optimizer:
+        what = "optimizer states and parameters" if c.offload_params else "optimizer states"
+        pinned = par.offload_optimizer is not None or par.offload_params is not None
+        offload = (f"{what} to CPU: {'pinned' if pinned else 'needed to fit'}; "
+                   f"needs {gib(fp.cpu_per_node)} host RAM per node of {gib(s.cpu_budget)}")
+    else:
+        offload = "none: " + ("pinned" if par.offload_optimizer is False else f"fits in {unit} memory")
+    act_off = s.footprint(Candidate(c.zero_stage, c.offload_optimizer, c.offload_params, False), micro)
+    if par.gradient_checkpointing is not None:
+        ckpt = f"{'on' if c.gradient_checkpointing else 'off'}: pinned (parallel.gradient_checkpointing)"
+    elif not s.spec.has_architecture:
+        ckpt = "off: activations not modelled for a bare parameter count"
+    elif c.gradient_checkpointing:
+        ckpt = (f"on: without it activations are {gib(act_off.activations)} at micro-batch {micro}; "
+                f"with it {gib(fp.activations)}")
+    else:
+        ckpt = f"off: activations fit ({gib(fp.activations)} at micro-batch {micro})"
+    accum = per_rank // micro
+    how = "pinned (parallel.micro_batch_size)" if par.micro_batch_size else (
+        f"largest divisor of {per_rank} that fits" if s.spec.has_architecture else
+        "activations not modelled for a bare parameter count")
+    batch = f"{micro}: x {accum} accumulation x {s.world} ranks = {micro * accum * s.world} global; {how}; {fit}"
+    return {"zero_stage": stage, "offload": offload, "gradient_checkpointing": ckpt, "micro_batch_size": batch}
+
+
+def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
+    """Per-stage predictions at the chosen micro-batch and checkpointing (offload as chosen where the stage allows
+    it), plus the chosen plan's peak."""
+    table: dict = {}
+    for stage in range(4):
+        d = Candidate(stage, c.offload_optimizer and stage > 0, c.offload_params and stage == 3,
+                      c.gradient_checkpointing)
+        f = s.footprint(d, micro)
+        table[str(stage)] = {"model_state_bytes_per_gpu": f.model_states, "activation_bytes_per_gpu": f.activations,
+                             "overhead_bytes_per_gpu": f.overhead, "total": f.total, "fits": s.fits(f),
+                             "cpu_bytes_per_node": f.cpu_per_node}
+    table.update(params=s.spec.params, predicted_peak_bytes_per_gpu=fp.total,
+                 model_state_bytes_per_gpu=fp.model_states, activation_bytes_per_gpu=fp.activations,
+                 overhead_bytes_per_gpu=fp.overhead, cpu_bytes_per_node=fp.cpu_per_node,
+                 device_bytes=s.device_bytes, budget_bytes_per_gpu=s.budget)
+    return table

@@ -1,0 +1,1 @@
+"""`dialsum sweep`: W&B sweep YAML run locally on Optuna (shared storage, parallel agents) or online by W&B."""

@@ -1,0 +1,369 @@
+"""W&B sweep YAML -> a typed, validated `SweepSpec`, the same file for `--backend wandb` and `--backend local`.
+
+W&B semantics kept: parameter forms `value`, `values` (+ `probabilities`), `min`/`max` (int_uniform when both are ints,
+else uniform) and every `distribution`; `log_uniform`/`q_log_uniform`/`inv_log_uniform` bounds are natural-log
+EXPONENTS, the `*_values` variants take values; nested `parameters:` become dotted config keys; a metric without a
+goal is minimized (W&B's default) unless it is the config's own metric, whose direction the config already says.
+Every parameter is checked against the real config: each categorical value and both ends of each range go through
+`engine.config.load_config(..., sweep_params=...)`, so a wrong key or an out-of-range bound fails before any training.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.config import _UniqueKeyLoader, load_config
+from engine.errors import UserError
+
+METHODS = ("grid", "random", "bayes")
+GOALS = ("maximize", "minimize")
+DISCRETE = ("constant", "categorical", "int_uniform")
+RANGES = ("uniform", "q_uniform", "log_uniform", "q_log_uniform", "log_uniform_values", "q_log_uniform_values",
+          "inv_log_uniform", "inv_log_uniform_values")
+NORMALS = ("normal", "q_normal", "log_normal", "q_log_normal")
+DISTRIBUTIONS = DISCRETE + RANGES + NORMALS
+TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "description", "program",
+            "command", "project", "entity")
+PARAM_KEYS = ("distribution", "value", "values", "probabilities", "min", "max", "mu", "sigma", "q")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_METRIC_PREFIXES = ("eval/", "eval_", "best/")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    key: str                                   # dotted config key, e.g. training.learning_rate
+    distribution: str
+    value: Any = None                          # constant
+    values: tuple = ()                         # categorical
+    probabilities: tuple[float, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    mu: float = 0.0
+    sigma: float = 1.0
+    q: float | None = None
+
+    @property
+    def discrete(self) -> bool:
+        return self.distribution in DISCRETE
+
+    def grid_values(self) -> list:
+        if self.distribution == "constant":
+            return [self.value]
+        if self.distribution == "int_uniform":
+            return list(range(int(self.min), int(self.max) + 1))
+        return list(self.values)
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) in value space for the range distributions (exponents turned into values)."""
+        lo, hi = self.min, self.max
+        if self.distribution in ("log_uniform", "q_log_uniform"):
+            return math.exp(lo), math.exp(hi)
+        if self.distribution == "inv_log_uniform":
+            return math.exp(-hi), math.exp(-lo)
+        return lo, hi
+
+    def quantize(self, x: float) -> float | int:
+        """W&B's q_*: round(x / q) * q; an int when q and the bounds are ints (so int config keys accept it)."""
+        if self.q is None or not self.distribution.startswith("q_"):
+            return x
+        y = round(x / self.q) * self.q
+        ints = all(isinstance(v, int) for v in (self.q, self.min if self.min is not None else 0,
+                                                self.max if self.max is not None else 0, self.mu))
+        return int(round(y)) if ints else y
+
+    def from_normal(self, z: float) -> float | int:
+        """A standard-normal draw -> this parameter's value (normal, log_normal and their q variants)."""
+        x = self.mu + self.sigma * z
+        return self.quantize(math.exp(x) if "log" in self.distribution else x)
+
+    def corners(self) -> list:
+        """Values to check against the config: every category, both ends of a range, the centre of a normal."""
+        if self.discrete:
+            return self.grid_values() if self.distribution != "int_uniform" else [int(self.min), int(self.max)]
+        if self.distribution in NORMALS:
+            return [self.from_normal(0.0)]
+        lo, hi = self.bounds()
+        return [self.quantize(lo), self.quantize(hi)]
+
+
+@dataclass(frozen=True)
+class Hyperband:
+    """Optuna HyperbandPruner arguments; resources are evaluation counts (W&B's hyperband 'iterations')."""
+    min_resource: int
+    max_resource: int | str   # "auto": the longest finished trial decides
+    reduction_factor: int
+
+    def kwargs(self) -> dict:
+        return {"min_resource": self.min_resource, "max_resource": self.max_resource,
+                "reduction_factor": self.reduction_factor}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    source: str                      # the YAML file as the user named it (error messages)
+    name: str
+    method: str
+    metric: str                      # bare name, e.g. rouge_combined_f1 (logged as eval/<metric>, summary best/<metric>)
+    goal: str
+    parameters: tuple[ParamSpec, ...]
+    run_cap: int | None = None
+    target: float | None = None
+    hyperband: Hyperband | None = None
+    project: str = ""
+    entity: str = ""
+    notes: list[str] = field(default_factory=list)  # defaults the user may want to know about
+
+    @property
+    def direction(self) -> str:
+        return self.goal
+
+    def grid_size(self) -> int:
+        return math.prod(len(p.grid_values()) for p in self.parameters)
+
+    def budget(self, count: int | None) -> int:
+        """Trials to run: --count, capped by run_cap and (grid) the grid size; one of them must be given."""
+        caps = [c for c in (count, self.run_cap, self.grid_size() if self.method == "grid" else None) if c]
+        if not caps:
+            raise UserError(f"{self.source}: run_cap: a {self.method} sweep has no end; set run_cap or pass --count")
+        return min(caps)
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+def _err(source: str, where: str, msg: str) -> UserError:
+    return UserError(f"{source}: {where}: {msg}")
+
+
+def _number(value: Any, source: str, where: str, *, integer: bool = False) -> float | int:
+    """YAML numbers, or decimal strings (PyYAML reads 1e-5 as a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _err(source, where, f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value.strip()):
+            raise _err(source, where, f"expected a number, got {value!r}")
+        value = float(value)
+    if integer and not isinstance(value, int):
+        raise _err(source, where, f"expected an integer, got {value!r}")
+    return value
+
+
+def _unknown(keys: Sequence, allowed: Sequence[str], source: str, where: str) -> None:
+    import difflib
+
+    for key in keys:
+        if key not in allowed:
+            match = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else f" (expected one of {', '.join(allowed)})"
+            raise _err(source, f"{where}{key}", f"unknown key{hint}")
+
+
+def _param(body: Mapping, key: str, source: str) -> ParamSpec:
+    where = f"parameters.{key}"
+    _unknown(list(body), PARAM_KEYS, source, f"{where}.")
+    dist = body.get("distribution")
+    if dist is None:
+        if "value" in body:
+            dist = "constant"
+        elif "values" in body:
+            dist = "categorical"
+        elif "min" in body and "max" in body:
+            ints = all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("min", "max"))
+            dist = "int_uniform" if ints else "uniform"
+        else:
+            raise _err(source, where, "needs 'value', 'values', or 'min' and 'max' (or a 'distribution')")
+    if dist not in DISTRIBUTIONS:
+        raise _err(source, where, f"unknown distribution {dist!r} (expected one of {', '.join(DISTRIBUTIONS)})")
+    need = f"'distribution: {dist}' needs"
+    if dist == "constant":
+        if "value" not in body:
+            raise _err(source, where, f"{need} 'value'")
+        return ParamSpec(key, dist, value=body["value"])
+    if dist == "categorical":
+        values = body.get("values")
+        if not isinstance(values, list) or not values:
+            raise _err(source, where, f"{need} a non-empty list 'values'")
+        probs = body.get("probabilities")
+        if probs is not None:
+            if not isinstance(probs, list) or len(probs) != len(values):
+                raise _err(source, f"{where}.probabilities", f"expected a list of {len(values)} numbers, one per value")
+            probs = tuple(float(_number(p, source, f"{where}.probabilities")) for p in probs)
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                raise _err(source, f"{where}.probabilities", f"must be >= 0 and sum to 1; got {list(probs)}")
+        return ParamSpec(key, dist, values=tuple(values), probabilities=probs)
+    for extra in ("values", "value", "probabilities"):
+        if extra in body:
+            raise _err(source, f"{where}.{extra}", f"not used by 'distribution: {dist}'")
+    q = _number(body["q"], source, f"{where}.q") if "q" in body else (1 if dist.startswith("q_") else None)
+    if q is not None and q <= 0:
+        raise _err(source, f"{where}.q", f"must be > 0; got {q!r}")
+    if dist in NORMALS:
+        mu = _number(body.get("mu", 0), source, f"{where}.mu")
+        sigma = _number(body.get("sigma", 1), source, f"{where}.sigma")
+        if sigma <= 0:
+            raise _err(source, f"{where}.sigma", f"must be > 0; got {sigma!r}")
+        return ParamSpec(key, dist, mu=mu, sigma=sigma, q=q)
+    if "min" not in body or "max" not in body:
+        raise _err(source, where, f"{need} 'min' and 'max'")
+    integer = dist == "int_uniform"
+    lo = _number(body["min"], source, f"{where}.min", integer=integer)
+    hi = _number(body["max"], source, f"{where}.max", integer=integer)
+    if not lo < hi:
+        raise _err(source, where, f"{need} min < max; got min={lo!r}, max={hi!r}")
+    if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
+        raise _err(source, f"{where}.min", f"'distribution: {dist}' takes values (> 0); got {lo!r} "
+                                           "(use log_uniform for exponents)")
+    return ParamSpec(key, dist, min=lo, max=hi, q=q)
+
+
+def _params(body: Any, prefix: str, source: str) -> list[ParamSpec]:
+    where = f"parameters{'.' + prefix if prefix else ''}"
+    if not isinstance(body, Mapping) or not body:
+        raise _err(source, where, "expected a non-empty mapping of parameter names")
+    out: list[ParamSpec] = []
+    for name, spec in body.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if not isinstance(spec, Mapping):
+            raise _err(source, f"parameters.{key}", f"expected a mapping (values:, value:, distribution:, ...), "
+                                                    f"got {spec!r}")
+        if "parameters" in spec:
+            if len(spec) != 1:
+                raise _err(source, f"parameters.{key}", "nested 'parameters' cannot be mixed with other keys")
+            out += _params(spec["parameters"], key, source)
+        else:
+            out.append(_param(spec, key, source))
+    return out
+
+
+def _hyperband(body: Any, source: str) -> Hyperband:
+    where = "early_terminate"
+    if not isinstance(body, Mapping):
+        raise _err(source, where, f"expected a mapping with type: hyperband, got {body!r}")
+    _unknown(list(body), ("type", "min_iter", "max_iter", "eta", "s", "strict"), source, f"{where}.")
+    if body.get("type") != "hyperband":
+        raise _err(source, f"{where}.type", f"only 'hyperband' is supported; got {body.get('type')!r}")
+    eta = _number(body.get("eta", 3), source, f"{where}.eta", integer=True)
+    if eta < 2:
+        raise _err(source, f"{where}.eta", f"must be >= 2; got {eta}")
+    s = _number(body["s"], source, f"{where}.s", integer=True) if "s" in body else None
+    if s is not None and s < 1:
+        raise _err(source, f"{where}.s", f"must be >= 1; got {s}")
+    if "min_iter" in body:
+        lo = _number(body["min_iter"], source, f"{where}.min_iter", integer=True)
+        if lo < 1:
+            raise _err(source, f"{where}.min_iter", f"must be >= 1; got {lo}")
+        # W&B brackets at min_iter * eta^k, k < s; Optuna's rungs stop below max_resource.
+        return Hyperband(lo, lo * eta ** s if s else "auto", eta)
+    if "max_iter" in body:
+        hi = _number(body["max_iter"], source, f"{where}.max_iter", integer=True)
+        if s is None:
+            raise _err(source, f"{where}.s", "hyperband with max_iter needs s (the number of brackets)")
+        # W&B brackets at max_iter / eta^k, k = 1..s.
+        return Hyperband(max(1, round(hi / eta ** s)), hi, eta)
+    raise _err(source, where, "hyperband needs min_iter (or max_iter and s)")
+
+
+def parse_sweep(data: Any, source: str, default_metric: tuple[str, bool] = ("rouge_combined_f1", True)) -> SweepSpec:
+    """Validate the YAML structure (no config check). `default_metric` = (config metric, greater_is_better)."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: top level must be a mapping (method:, metric:, parameters:, ...)")
+    _unknown(list(data), TOP_KEYS, source, "")
+    notes: list[str] = []
+    method = data.get("method")
+    if method not in METHODS:
+        raise _err(source, "method", f"expected one of {', '.join(METHODS)}; got {method!r}")
+    metric_body = data.get("metric")
+    config_metric, greater = default_metric
+    target = None
+    if metric_body is None:
+        metric, goal = config_metric, "maximize" if greater else "minimize"
+        notes.append(f"metric not set: using the config's {metric} ({goal})")
+    else:
+        if not isinstance(metric_body, Mapping):
+            raise _err(source, "metric", f"expected a mapping with name and goal, got {metric_body!r}")
+        _unknown(list(metric_body), ("name", "goal", "target"), source, "metric.")
+        name = metric_body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _err(source, "metric.name", "required (e.g. eval/rouge_combined_f1)")
+        metric = name.strip()
+        for prefix in _METRIC_PREFIXES:
+            metric = metric.removeprefix(prefix)
+        goal = metric_body.get("goal")
+        if goal is None:
+            goal = ("maximize" if greater else "minimize") if metric == config_metric else "minimize"
+            notes.append(f"metric.goal not set: {goal} {metric}")
+        elif goal not in GOALS:
+            raise _err(source, "metric.goal", f"expected maximize or minimize; got {goal!r}")
+        if "target" in metric_body:
+            target = float(_number(metric_body["target"], source, "metric.target"))
+    if "parameters" not in data:
+        raise _err(source, "parameters", "required: the values to sweep")
+    params = _params(data["parameters"], "", source)
+    seen: set[str] = set()
+    for p in params:
+        if p.key in seen:
+            raise _err(source, f"parameters.{p.key}", "given twice (nested and dotted forms name the same key)")
+        seen.add(p.key)
+        if method == "grid" and not p.discrete:
+            raise _err(source, f"parameters.{p.key}", f"method grid needs discrete values; 'distribution: "
+                                                       f"{p.distribution}' is continuous (use values: [...])")
+    run_cap = data.get("run_cap")
+    if run_cap is not None:
+        run_cap = _number(run_cap, source, "run_cap", integer=True)
+        if run_cap < 1:
+            raise _err(source, "run_cap", f"must be >= 1; got {run_cap}")
+    name = str(data.get("name") or Path(source).stem)
+    if not _NAME.match(name):
+        raise _err(source, "name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the group and the storage)")
+    hyperband = _hyperband(data["early_terminate"], source) if data.get("early_terminate") is not None else None
+    return SweepSpec(source=source, name=name, method=method, metric=metric, goal=goal, parameters=tuple(params),
+                     run_cap=run_cap, target=target, hyperband=hyperband, project=str(data.get("project") or ""),
+                     entity=str(data.get("entity") or ""), notes=notes)
+
+
+def read_sweep_yaml(path: str | Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read sweep file: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{at}: {' '.join(str(getattr(exc, 'problem', exc)).split())}") from None
+
+
+def check_params(spec: SweepSpec, params: Mapping[str, Any], files: Sequence[str], overrides: Sequence[str],
+                 where: str = "parameters"):
+    """load_config with these sweep params; a rejection names the sweep file and the parameter."""
+    try:
+        return load_config(files, overrides, sweep_params=params)
+    except UserError as exc:
+        msg = str(exc)
+        if msg.startswith("sweep: "):  # load_config names the dotted key: "sweep: training.x: must be ..."
+            key, _, msg = msg.removeprefix("sweep: ").partition(": ")
+            where = f"parameters.{key}"
+        raise _err(spec.source, where, f"rejected by the config: {msg}") from None
+
+
+def load_sweep(path: str | Path, files: Sequence[str], overrides: Sequence[str] = ()) -> SweepSpec:
+    """Parse the sweep YAML and check every parameter against the base config files (+ --set overrides)."""
+    if not files:
+        raise UserError("dialsum sweep: --config BASE.yaml is required (the config the sweep parameters go into)")
+    base = load_config(files, overrides).config
+    spec = parse_sweep(read_sweep_yaml(path), str(path),
+                       (base.training.metric_for_best_model, base.training.greater_is_better))
+    overridden = {item.partition("=")[0].strip() for item in overrides}
+    for p in spec.parameters:
+        if p.key in overridden:
+            raise _err(spec.source, f"parameters.{p.key}", "also fixed by --set; drop one of them")
+        for value in p.corners():
+            check_params(spec, {p.key: value}, files, overrides, f"parameters.{p.key}")
+    return spec

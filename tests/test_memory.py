@@ -1,0 +1,146 @@
+"""Memory model: parameter counts from configs, DeepSpeed's estimators side by side, the ZeRO paper's numbers and the
+Korthikanti activation formula."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+from launcher.memory import (
+    ModelSpec, activation_bytes, bare_spec, cpu_bytes_per_node, model_spec, model_state_bytes, zero_paper_bytes,
+)
+
+TINY_BART = dict(model_type="bart", d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1000,
+                 max_position_embeddings=128)
+TINY_T5 = dict(model_type="t5", d_model=64, d_ff=256, num_layers=2, num_decoder_layers=3, num_heads=4, d_kv=16,
+               vocab_size=1000, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+BART_7B = dict(model_type="bart", d_model=4096, encoder_layers=16, decoder_layers=16, encoder_attention_heads=32,
+               decoder_attention_heads=32, encoder_ffn_dim=16384, decoder_ffn_dim=16384, vocab_size=50265)
+T5_70B = dict(model_type="t5", d_model=8192, d_ff=28672, num_layers=40, num_heads=64, d_kv=128, vocab_size=32128,
+              feed_forward_proj="gated-gelu")
+
+
+def _real(sizes: dict):
+    kwargs = dict(sizes)
+    torch.manual_seed(0)
+    return AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
+
+
+@pytest.mark.parametrize("sizes", [TINY_BART, TINY_T5], ids=["bart", "t5-untied-gated"])
+def test_param_count_from_config_matches_an_instantiated_model(sizes, tmp_path):
+    model = _real(sizes)
+    real = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    spec = model_spec(sizes)
+    assert (spec.params, spec.largest_layer_params) == (real, largest)
+    model.config.save_pretrained(tmp_path)   # and from a model directory
+    assert model_spec(tmp_path).params == real
+
+
+def test_spec_reads_encoder_decoder_sizes():
+    bart, t5 = model_spec(TINY_BART), model_spec(TINY_T5)
+    assert (bart.hidden_size, bart.ffn_size, bart.attention_inner, bart.heads) == (64, 128, 64, 4)
+    assert (bart.encoder_layers, bart.decoder_layers, bart.vocab_size, bart.gated_ffn) == (2, 3, 1000, False)
+    assert (t5.attention_inner, t5.ffn_size, t5.encoder_layers, t5.decoder_layers, t5.gated_ffn) == (64, 256, 2, 3, True)
+    assert bart.sdpa and bart.model_type == "bart"
+
+
+@pytest.mark.parametrize("sizes,billions", [(BART_7B, 7.7), (T5_70B, 88.8)], ids=["bart-7b", "t5-70b"])
+def test_big_configs_are_counted_without_memory_quickly(sizes, billions):
+    model_spec(sizes)  # warm the model class import
+    start = time.perf_counter()
+    spec = model_spec(sizes)
+    assert time.perf_counter() - start < 5  # loose: the benchmark measures it (about 0.05-0.1 s here)
+    assert spec.params / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_unreachable_hub_id_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError):
+        model_spec("facebook/bart-base")
+    assert time.perf_counter() - start < 10
+    with pytest.raises(OSError, match="no such model directory"):
+        model_spec(str(tmp_path / "missing-model"))
+
+
+def test_zero_paper_example_7_5b_on_64_gpus():
+    got = [zero_paper_bytes(7.5e9, stage, 64) / 1e9 for stage in range(4)]
+    assert got == pytest.approx([120, 31.4, 16.6, 1.9], abs=0.06)
+
+
+@pytest.mark.parametrize("params,gpus_per_node,nodes", [(7.5e9, 8, 8), (406e6, 1, 1), (2.85e9, 4, 1), (70e9, 8, 2)])
+@pytest.mark.parametrize("offload", [False, True])
+def test_zero2_matches_deepspeed_estimator(params, gpus_per_node, nodes, offload):
+    spec = bare_spec(int(params))
+    cpu, gpu = estimate_zero2_model_states_mem_needs(int(params), gpus_per_node, nodes, cpu_offload=offload)
+    ours = model_state_bytes(spec, stage=2, world_size=gpus_per_node * nodes, precision="bf16",
+                             offload_optimizer=offload)
+    assert ours == pytest.approx(gpu, rel=0.01)
+    ours_cpu = cpu_bytes_per_node(spec, stage=2, gpus_per_node=gpus_per_node, nnodes=nodes, offload_optimizer=offload)
+    assert ours_cpu == pytest.approx(cpu, rel=0.01)
+
+
+@pytest.mark.parametrize("params,largest,gpus_per_node,nodes", [
+    (7.5e9, 131e6, 8, 8), (406e6, 51.5e6, 1, 1), (2.85e9, 32.9e6, 4, 1), (88.8e9, 263e6, 8, 2)])
+@pytest.mark.parametrize("offload_optimizer,offload_params", [(False, False), (True, False), (True, True)])
+def test_zero3_matches_deepspeed_estimator(params, largest, gpus_per_node, nodes, offload_optimizer, offload_params):
+    spec = ModelSpec(model_type="x", params=int(params), largest_layer_params=int(largest))
+    cpu, gpu, _ = estimate_zero3_model_states_mem_needs(int(params), int(largest), gpus_per_node, nodes,
+                                                        cpu_offload=offload_optimizer, cpu_offload_params=offload_params,
+                                                        zero_init=False)
+    ours = model_state_bytes(spec, stage=3, world_size=gpus_per_node * nodes, precision="bf16",
+                             offload_optimizer=offload_optimizer, offload_params=offload_params)
+    assert ours == pytest.approx(gpu, rel=0.01)
+    ours_cpu = cpu_bytes_per_node(spec, stage=3, gpus_per_node=gpus_per_node, nnodes=nodes,
+                                  offload_optimizer=offload_optimizer, offload_params=offload_params)
+    assert ours_cpu == pytest.approx(cpu, rel=0.01)
+
+
+def test_stage_ordering_and_precision():
+    spec = bare_spec(10**9)
+    per_stage = [model_state_bytes(spec, stage=s, world_size=8, precision="bf16") for s in range(4)]
+    assert per_stage == sorted(per_stage, reverse=True)
+    assert per_stage[0] == 20 * 10**9                       # 2 weights + 2 grads + 16 optimizer partition
+    assert model_state_bytes(spec, stage=0, world_size=1, precision="fp32") == 16 * 10**9  # no master copy
+    assert model_state_bytes(spec, stage=1, world_size=8, precision="bf16", offload_optimizer=True) == 4 * 10**9
+
+
+def _korthikanti_spec(h=1024, a=16, layers=(12, 12), vocab=50000) -> ModelSpec:
+    return ModelSpec(model_type="bart", params=1, largest_layer_params=1, hidden_size=h, ffn_size=4 * h,
+                     attention_inner=h, heads=a, encoder_layers=layers[0], decoder_layers=layers[1], vocab_size=vocab)
+
+
+def test_encoder_layer_follows_korthikanti():
+    """One encoder layer, no decoder, no vocabulary: s·b·h·(34 + 5·a·s/h) plus the embedding terms."""
+    s, b, h, a = 512, 4, 1024, 16
+    spec = _korthikanti_spec(h, a, layers=(1, 0), vocab=0)
+    got = activation_bytes(spec, micro_batch=b, source_length=s, target_length=0, precision="bf16",
+                           checkpointing=False)
+    embeddings = 3 * s * b * h + 2 * s * b * h
+    assert got - embeddings == s * b * h * (34 + 5 * a * s / h)
+    fused = activation_bytes(spec, micro_batch=b, source_length=s, target_length=0, precision="bf16",
+                             checkpointing=False, fused_attention=True)
+    assert fused - embeddings == s * b * h * 34 + 4 * a * s * b
+
+
+def test_activations_scale_with_batch_checkpointing_precision_and_logits():
+    spec = _korthikanti_spec()
+    kw = dict(source_length=512, target_length=128)
+    one = activation_bytes(spec, micro_batch=1, precision="bf16", checkpointing=False, **kw)
+    assert activation_bytes(spec, micro_batch=4, precision="bf16", checkpointing=False, **kw) == 4 * one
+    ckpt = activation_bytes(spec, micro_batch=1, precision="bf16", checkpointing=True, **kw)
+    assert ckpt < one / 3
+    logits = 128 * spec.vocab_size
+    fp32 = activation_bytes(spec, micro_batch=1, precision="fp32", checkpointing=False, **kw)
+    assert fp32 - 12 * logits == 2 * (one - 10 * logits)   # fp32 doubles everything but the (already fp32) logits
+    bigger_vocab = ModelSpec(**{**spec.__dict__, "vocab_size": 250112})
+    assert activation_bytes(bigger_vocab, micro_batch=1, precision="bf16", checkpointing=False, **kw) - one == \
+        10 * 128 * (250112 - spec.vocab_size)
+    assert activation_bytes(bare_spec(10**9), micro_batch=8, precision="bf16", checkpointing=False, **kw) == 0

@@ -1,0 +1,337 @@
+"""Planner: choices and reasons for each fixture topology, pins, errors, the rendered DeepSpeed config, `dialsum plan`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+
+from engine.config import LoadedConfig, load_config
+from engine.errors import UserError
+from engine.schema import DialsumConfig
+from launcher.cli import main
+from launcher.ds_config import check_deepspeed_config, load_template, render_deepspeed_config
+from launcher.memory import model_state_bytes, bare_spec
+from launcher.plan import Plan
+from launcher.planner import make_plan
+from launcher.topology import GPUInfo, Topology, load_topology
+
+FIXTURES = Path(__file__).parent / "fixtures" / "topologies"
+MODELS = {  # published sizes of the real checkpoints
+    "bart-base": dict(model_type="bart", d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265),
+    "bart-large": dict(model_type="bart", d_model=1024, encoder_layers=12, decoder_layers=12,
+                       encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                       decoder_ffn_dim=4096, vocab_size=50265),
+    "t5-3b": dict(model_type="t5", d_model=1024, d_ff=16384, num_layers=24, num_heads=32, d_kv=128, vocab_size=32128),
+    "bart-7b": dict(model_type="bart", d_model=4096, encoder_layers=16, decoder_layers=16, encoder_attention_heads=32,
+                    decoder_attention_heads=32, encoder_ffn_dim=16384, decoder_ffn_dim=16384, vocab_size=50265),
+    "t5-70b": dict(model_type="t5", d_model=8192, d_ff=28672, num_layers=40, num_heads=64, d_kv=128,
+                   vocab_size=32128, feed_forward_proj="gated-gelu"),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    for name, sizes in MODELS.items():
+        kwargs = dict(sizes)
+        AutoConfig.for_model(kwargs.pop("model_type"), **kwargs).save_pretrained(root / name)
+    return {name: str(root / name) for name in MODELS}
+
+
+def topo(name: str) -> Topology:
+    return load_topology(FIXTURES / f"{name}.yaml")
+
+
+def plan_for(model: str, topology: Topology | str, *, global_batch: int = 8, source_length: int = 512,
+             nproc: int | None = None, nnodes: int | None = None, **pins) -> Plan:
+    cfg = DialsumConfig()
+    cfg.model.name_or_path = model
+    cfg.training.global_batch_size = global_batch
+    cfg.data.max_source_length = source_length
+    for key, value in pins.items():
+        setattr(cfg.parallel, key, value)
+    topology = topo(topology) if isinstance(topology, str) else topology
+    return make_plan(LoadedConfig(config=cfg, sources={}), topology, run_id="r1", nnodes=nnodes, nproc_per_node=nproc)
+
+
+def autos(node) -> list:
+    if isinstance(node, dict):
+        return [a for v in node.values() for a in autos(v)]
+    if isinstance(node, list):
+        return [a for v in node for a in autos(v)]
+    return [node] if node == "auto" else []
+
+
+def assert_consistent(plan: Plan) -> None:
+    """Invariants every plan keeps, whatever it chose."""
+    assert plan.micro_batch_size * plan.gradient_accumulation_steps * plan.world_size == plan.global_batch_size
+    assert plan.world_size == plan.nnodes * plan.nproc_per_node
+    assert set(plan.reasons) >= {"model", "world_size", "precision", "zero_stage", "offload", "gradient_checkpointing",
+                                 "micro_batch_size"}
+    ds = plan.deepspeed_config
+    if plan.use_deepspeed:
+        assert autos(ds) == [] and "optimizer" not in ds and "scheduler" not in ds
+        assert ds["train_batch_size"] == plan.global_batch_size
+        assert ds["train_micro_batch_size_per_gpu"] == plan.micro_batch_size
+        assert ds["gradient_accumulation_steps"] == plan.gradient_accumulation_steps
+        assert ds["zero_optimization"]["stage"] == plan.zero_stage
+        assert ds["bf16"]["enabled"] == (plan.precision == "bf16") and ds["fp16"]["enabled"] == (plan.precision == "fp16")
+    if plan.memory:
+        for stage in "0123":
+            row = plan.memory[stage]
+            assert row["total"] == (row["model_state_bytes_per_gpu"] + row["activation_bytes_per_gpu"]
+                                    + row["overhead_bytes_per_gpu"])
+        assert plan.memory["predicted_peak_bytes_per_gpu"] == plan.memory[str(plan.zero_stage)]["total"]
+        assert plan.memory["predicted_peak_bytes_per_gpu"] <= plan.memory["budget_bytes_per_gpu"]
+    assert Plan.from_dict(json.loads(plan.to_json())) == plan
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+def test_one_h100_bart_large_needs_no_partitioning(models):
+    plan = plan_for(models["bart-large"], "h100x1")
+    assert_consistent(plan)
+    assert (plan.device, plan.backend, plan.precision, plan.world_size) == ("cuda", "nccl", "bf16", 1)
+    assert plan.zero_stage in (0, 1) and not plan.offload_optimizer and not plan.offload_params
+    assert not plan.gradient_checkpointing and plan.micro_batch_size == 8 and plan.gradient_accumulation_steps == 1
+    assert plan.env == {} and plan.topology["gpus"][0]["name"].startswith("NVIDIA H100")
+    assert "406.3M parameters" in plan.reasons["model"]
+    assert "compute capability >= 8.0" in plan.reasons["precision"]
+    assert plan.reasons["zero_stage"].startswith("0: model states fit")
+    assert plan.reasons["gradient_checkpointing"].startswith("off: activations fit")
+    assert "largest divisor of 8 that fits" in plan.reasons["micro_batch_size"]
+
+
+def test_eight_a100_t5_3b_takes_the_lowest_stage_that_fits(models):
+    plan = plan_for(models["t5-3b"], "a100x8-nvlink")
+    assert_consistent(plan)
+    assert (plan.zero_stage, plan.precision, plan.world_size, plan.offload_optimizer) == (1, "bf16", 8, False)
+    assert not plan.memory["0"]["fits"] and plan.memory["1"]["fits"]
+    assert "cheaper settings need >= 56.0 GiB" in plan.reasons["zero_stage"]
+
+
+def test_four_4090s_on_pcie_prefer_zero2_with_checkpointing_over_zero3(models):
+    plan = plan_for(models["t5-3b"], "rtx4090x4-pcie", source_length=2048)
+    assert_consistent(plan)
+    assert plan.precision == "bf16"  # T5 on Ada: bf16, never fp16
+    assert plan.zero_stage == 2 and (plan.gradient_checkpointing or plan.offload_optimizer)
+    assert plan.memory["3"]["model_state_bytes_per_gpu"] < plan.memory["2"]["model_state_bytes_per_gpu"]
+    assert "plain ZeRO-3 would fit" in plan.reasons["zero_stage"] and "no NVLink" in plan.reasons["zero_stage"]
+    assert plan.reasons["gradient_checkpointing"].startswith("on: without it activations are")
+    # the same cards joined by NVLink take ZeRO-3 rather than recompute activations
+    nvlinked = dataclasses.replace(topo("rtx4090x4-pcie"),
+                                   links=[["self" if i == j else "nvlink" for j in range(4)] for i in range(4)])
+    fast = plan_for(models["t5-3b"], nvlinked, source_length=2048)
+    assert (fast.zero_stage, fast.gradient_checkpointing, fast.offload_optimizer) == (3, False, False)
+    # at 512 source tokens plain ZeRO-2 fits
+    short = plan_for(models["t5-3b"], "rtx4090x4-pcie")
+    assert (short.zero_stage, short.gradient_checkpointing, short.offload_optimizer) == (2, False, False)
+
+
+def test_two_nodes_of_h100_count_all_ranks(models):
+    plan = plan_for(models["t5-3b"], "h100x8-2nodes", global_batch=64)
+    assert_consistent(plan)
+    assert (plan.nnodes, plan.nproc_per_node, plan.world_size) == (2, 8, 16)
+    assert plan.micro_batch_size * plan.gradient_accumulation_steps == 4
+    assert "2 node(s) x 8 GPU rank(s)" in plan.reasons["world_size"]
+    one_node = plan_for(models["t5-3b"], "h100x8-2nodes", global_batch=64, nnodes=1)
+    assert one_node.world_size == 8
+
+
+def test_cpu_only_plans_fp32_on_gloo(models):
+    plan = plan_for(models["bart-base"], "cpu-only")
+    assert_consistent(plan)
+    assert (plan.device, plan.backend, plan.precision, plan.nproc_per_node) == ("cpu", "gloo", "fp32", 1)
+    assert plan.env == {"DS_ACCELERATOR": "cpu"} and plan.zero_stage == 0 and not plan.offload_optimizer
+    assert plan.deepspeed_config["bf16"]["enabled"] is False
+    assert "CPU default" in plan.reasons["precision"] and "CPU default" in plan.reasons["world_size"]
+    two = plan_for(models["bart-base"], "cpu-only", nproc=2, precision="bf16")
+    assert (two.world_size, two.precision, two.micro_batch_size * two.gradient_accumulation_steps) == (2, "bf16", 4)
+    assert two.deepspeed_config["zero_optimization"].get("overlap_comm", False) is False
+    with pytest.raises(UserError, match="parallel.precision: fp16 is not supported on CPU"):
+        plan_for(models["bart-base"], "cpu-only", precision="fp16")
+    no_bf16 = dataclasses.replace(topo("cpu-only"), cpu_bf16=False)
+    with pytest.raises(UserError, match="no native bf16"):
+        plan_for(models["bart-base"], no_bf16, precision="bf16")
+
+
+def _v100s() -> Topology:
+    gpus = [GPUInfo(index=i, name="Tesla V100-SXM2-32GB", memory_total_bytes=34089730048, compute_capability="7.0",
+                    bf16=False) for i in range(2)]
+    return dataclasses.replace(topo("a100x8-nvlink"), gpus=gpus, links=[["self", "nvlink"], ["nvlink", "self"]])
+
+
+def test_no_bf16_gpus_give_fp16_for_bart_and_fp32_for_t5(models):
+    assert plan_for(models["bart-base"], _v100s()).precision == "fp16"
+    t5 = plan_for(models["t5-3b"], _v100s())
+    assert t5.precision == "fp32" and "fp16 overflows in t5" in t5.reasons["precision"]
+    assert_consistent(t5)
+    with pytest.raises(UserError, match="parallel.precision: fp16 pinned for a t5 model"):
+        plan_for(models["t5-3b"], "h100x1", precision="fp16")
+    with pytest.raises(UserError, match="parallel.precision: bf16 pinned but the GPUs"):
+        plan_for(models["bart-base"], _v100s(), precision="bf16")
+
+
+# ---------------------------------------------------------------------------------------------------- pins and errors
+
+def test_pins_are_honoured_with_reasons(models):
+    plan = plan_for(models["bart-large"], "a100x8-nvlink", zero_stage=3, offload_optimizer=True, offload_params=True,
+                    gradient_checkpointing=True, micro_batch_size=1)
+    assert_consistent(plan)
+    assert (plan.zero_stage, plan.offload_optimizer, plan.offload_params, plan.gradient_checkpointing) == (3, True, True, True)
+    assert plan.micro_batch_size == 1 and plan.gradient_accumulation_steps == 1
+    assert plan.reasons["zero_stage"] == "3: pinned (parallel.zero_stage)"
+    assert "pinned" in plan.reasons["offload"] and "pinned" in plan.reasons["gradient_checkpointing"]
+    zero = plan.deepspeed_config["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": True}
+
+
+def test_pinned_plan_that_cannot_fit_says_by_how_much_and_what_fits(models):
+    with pytest.raises(UserError) as err:
+        plan_for(models["t5-3b"], "rtx4090x4-pcie", zero_stage=0)
+    msg = str(err.value)
+    assert msg.startswith("parallel (zero_stage=0): the pinned plan needs ")
+    assert "GiB over the 21.6 GiB budget" in msg and "memory_headroom 0.1" in msg
+    assert "would fit: zero_stage=2" in msg and "micro_batch_size=1" in msg
+    pins = r"parallel \(zero_stage=2, offload_optimizer=False, gradient_checkpointing=False, micro_batch_size=2\)"
+    with pytest.raises(UserError, match=pins + r".*would fit: .*gradient_checkpointing=True, micro_batch_size=2"):
+        plan_for(models["t5-3b"], "rtx4090x4-pcie", micro_batch_size=2, gradient_checkpointing=False,
+                 source_length=2048, zero_stage=2, offload_optimizer=False)
+    with pytest.raises(UserError, match=r"nothing fits on 1 GPU\(s\) \(parallel.deepspeed=false rules out ZeRO\)"):
+        plan_for(models["t5-3b"], "rtx4090x4-pcie", nproc=1, deepspeed=False)
+
+
+def test_global_batch_must_divide_by_world_size(models):
+    with pytest.raises(UserError, match=r"training.global_batch_size: 6 is not divisible by the world size 4 .*use 4 or 8"):
+        plan_for(models["bart-base"], "rtx4090x4-pcie", global_batch=6)
+    with pytest.raises(UserError, match=r"parallel.micro_batch_size: 3 does not divide .* = 4; use one of 1, 2, 4"):
+        plan_for(models["bart-base"], "rtx4090x4-pcie", global_batch=16, micro_batch_size=3)
+    with pytest.raises(UserError, match="5 ranks per node but the node has 4 GPUs"):
+        plan_for(models["bart-base"], "rtx4090x4-pcie", nproc=5, global_batch=10)
+
+
+def test_inconsistent_pins_are_user_errors(models):
+    with pytest.raises(UserError, match="parallel.deepspeed: false"):
+        plan_for(models["bart-base"], "h100x1", deepspeed=False, zero_stage=2)
+    with pytest.raises(UserError, match="parallel.offload_optimizer: needs parallel.zero_stage >= 1"):
+        plan_for(models["bart-base"], "h100x1", zero_stage=0, offload_optimizer=True)
+    with pytest.raises(UserError, match="parallel.offload_params: needs parallel.zero_stage=3"):
+        plan_for(models["bart-base"], "h100x1", zero_stage=2, offload_params=True)
+
+
+def test_plain_ddp_plan_has_no_deepspeed_config(models):
+    plan = plan_for(models["bart-base"], "a100x8-nvlink", deepspeed=False)
+    assert_consistent(plan)
+    assert (plan.use_deepspeed, plan.zero_stage, plan.deepspeed_config) == (False, 0, None)
+    assert "plain DDP" in plan.reasons["zero_stage"]
+
+
+def test_unreachable_hub_id_plans_conservatively_on_cpu_and_fails_on_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = plan_for("facebook/bart-base", "cpu-only")
+    assert "cannot read the model config of 'facebook/bart-base'" in plan.reasons["model"]
+    assert (plan.micro_batch_size, plan.zero_stage, plan.precision, plan.memory) == (1, 0, "fp32", {})
+    assert_consistent(plan)
+    staged = plan_for("facebook/bart-base", "cpu-only", zero_stage=2)
+    assert staged.deepspeed_config["zero_optimization"]["reduce_bucket_size"] == 500_000_000  # DeepSpeed's default
+    with pytest.raises(UserError, match="a GPU plan needs the model's sizes"):
+        plan_for("facebook/bart-base", "h100x1")
+
+
+def test_big_configs_plan_quickly(models):
+    huge = dataclasses.replace(topo("h100x8-2nodes"), ram_bytes=8 * 2**40)
+    for name, topology in (("bart-7b", topo("a100x8-nvlink")), ("t5-70b", huge)):
+        nnodes = 8 if name == "t5-70b" else None
+        plan_for(models[name], topology, nnodes=nnodes, global_batch=64)  # warm the model class import
+        start = time.perf_counter()
+        plan = plan_for(models[name], topology, nnodes=nnodes, global_batch=64)
+        assert time.perf_counter() - start < 5   # loose; about 0.1-0.4 s here, the benchmark measures it
+        assert_consistent(plan)
+        assert plan.zero_stage >= 2 and not plan.memory["1"]["fits"]
+
+
+def test_plan_from_layered_config_files(models, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model:\n  name_or_path: {models['bart-base']}\ntraining:\n  global_batch_size: 16\n"
+                    "  max_grad_norm: 0.5\nparallel:\n  zero_stage: 2\n")
+    loaded = load_config([path], overrides=["parallel.micro_batch_size=2"], env={})
+    plan = make_plan(loaded, topo("rtx4090x4-pcie"), run_id="abc", nproc_per_node=2)
+    assert_consistent(plan)
+    assert plan.config == loaded.to_dict() and plan.config_sources == loaded.sources
+    assert plan.config_sources["parallel.zero_stage"] == f"file:{path}"
+    assert (plan.run_id, plan.world_size, plan.zero_stage, plan.micro_batch_size, plan.gradient_accumulation_steps) == \
+        ("abc", 2, 2, 2, 4)
+    ds = plan.deepspeed_config
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["reduce_bucket_size"] == 768**2
+
+
+# ---------------------------------------------------------------------------------------------------- DS config
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_rendered_deepspeed_config_is_concrete_and_valid(stage):
+    cfg = render_deepspeed_config(zero_stage=stage, precision="bf16", micro_batch_size=4, gradient_accumulation_steps=2,
+                                  world_size=8, gradient_clipping=1.0, hidden_size=1024, device="cuda",
+                                  offload_optimizer=stage > 0, offload_params=stage == 3)
+    assert autos(cfg) == [] and "optimizer" not in cfg and "scheduler" not in cfg
+    assert cfg["train_batch_size"] == 4 * 2 * 8 == cfg["train_micro_batch_size_per_gpu"] * \
+        cfg["gradient_accumulation_steps"] * 8
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == stage
+    if stage:
+        assert zero["reduce_bucket_size"] == 1024**2 and zero["offload_optimizer"]["device"] == "cpu"
+    if stage == 3:
+        assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 1024**2)
+        assert zero["stage3_param_persistence_threshold"] == 10 * 1024
+    assert "auto" in json.dumps(load_template(f"zero{stage}.json")) or stage == 0   # templates do hold "auto"
+
+
+def test_deepspeed_check_rejects_bad_configs():
+    good = render_deepspeed_config(zero_stage=2, precision="fp32", micro_batch_size=2, gradient_accumulation_steps=1,
+                                   world_size=2, gradient_clipping=1.0, hidden_size=64, device="cpu")
+    with pytest.raises(ValueError, match="train_batch_size 4 != 2 x 1 x 3"):
+        check_deepspeed_config(good, world_size=3)
+    with pytest.raises(ValueError, match=r"\"auto\" at zero_optimization.reduce_bucket_size"):
+        check_deepspeed_config({**good, "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}, 2)
+    with pytest.raises(Exception, match="bogus"):   # DeepSpeed's own pydantic config rejects unknown keys
+        check_deepspeed_config({**good, "zero_optimization": {"stage": 2, "bogus": 1}}, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+def test_plan_cli_json_and_table(models, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  name_or_path: {models['t5-3b']}\ntraining:\n  global_batch_size: 16\n")
+    args = ["plan", str(path), "--topology-file", str(FIXTURES / "rtx4090x4-pcie.yaml")]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["zero_stage"] == 2 and data["precision"] == "bf16" and data["global_batch_size"] == 16
+    for stage in "0123":
+        assert data["memory"][stage]["model_state_bytes_per_gpu"] > 0
+        assert data["memory"][stage]["activation_bytes_per_gpu"] > 0
+    assert main([*args, "--set", "parallel.zero_stage=1"]) == 0
+    out = capsys.readouterr().out
+    assert "decision" in out and "zero_stage" in out and "pinned" in out and "Predicted peak" in out
+    assert main([*args, "--set", "parallel.zero_stage=0"]) == 2
+    assert "GiB over the" in capsys.readouterr().err
+
+
+def test_plan_cli_bare_parameter_count(capsys):
+    assert main(["plan", "--model-params", "7.5B", "--gpus", "8", "--gpu-memory", "80GB", "--nodes", "8",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["world_size"] == 64 and data["micro_batch_size"] == 1
+    psi = 7_500_000_000
+    assert data["memory"]["2"]["model_state_bytes_per_gpu"] == 2 * psi + 18 * psi // 64   # DeepSpeed's ZeRO-2
+    assert data["memory"]["1"]["activation_bytes_per_gpu"] == 0
+    assert data["zero_stage"] == 1   # ZeRO-0 needs 20 bytes x 7.5B = 150 GB
+    assert data["memory"]["0"]["model_state_bytes_per_gpu"] == model_state_bytes(
+        bare_spec(psi), stage=0, world_size=64, precision="bf16")
+    assert main(["plan", "--model-params", "7.5B", "--gpus", "8"]) == 2
+    assert "--gpu-memory" in capsys.readouterr().err
