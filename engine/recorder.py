@@ -41,11 +41,9 @@ class NullRecorder:
 
 def store_uri(cfg: DialsumConfig) -> str:
     """tracking.uri (already layered with DIALSUM_TRACKING_URI), else SQLite under the output root."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    root = Path(cfg.experiment.output_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'dialsum.db'}"
+    from engine.store import resolve_store_uri
+
+    return resolve_store_uri(cfg.tracking.uri, cfg.experiment.output_root)
 
 
 class Rank0Recorder:

@@ -150,7 +150,7 @@ class DialogueSummarizationTrainer:
         gen.min_length = g.min_new_tokens + 1 if g.min_new_tokens else 0
         gen.length_penalty = g.length_penalty
         gen.no_repeat_ngram_size = g.no_repeat_ngram_size
-        gen.early_stopping = g.early_stopping
+        gen.early_stopping = g.early_stopping if g.num_beams > 1 else False  # beam-only flag; invalid otherwise
 
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan

@@ -75,8 +75,8 @@ def render_deepspeed_config(*, zero_stage: int, precision: str, micro_batch_size
 def check_deepspeed_config(config: dict, world_size: int) -> None:
     """No "auto" anywhere, the batch triple multiplies out, and DeepSpeed's own config class accepts it.
 
-    `DeepSpeedConfig` takes the world size from torch.distributed (1 when not initialised), so it is given the
-    per-rank view (train_batch_size = micro x accumulation); the world-size product is checked here."""
+    `DeepSpeedConfig` takes the world size from deepspeed.comm (1 when not initialised; the planner may run on rank 0
+    of a started job), so it gets the config without train_batch_size and derives it; the product is checked here."""
     autos = _auto_paths(config)
     if autos:
         raise ValueError(f"DeepSpeed config still has \"auto\" at {', '.join(autos)}")
@@ -90,7 +90,7 @@ def check_deepspeed_config(config: dict, world_size: int) -> None:
     level = logger.level
     logger.setLevel(logging.WARNING)  # it logs the world size at INFO on stdout, which would break `plan --json`
     try:
-        DeepSpeedConfig({**config, "train_batch_size": micro * accum})
+        DeepSpeedConfig({k: v for k, v in config.items() if k != "train_batch_size"})
     finally:
         logger.setLevel(level)
 

@@ -112,17 +112,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def bare_spec(params: int, largest_layer_params: int | None = None) -> ModelSpec:
-    """A parameter count with no architecture: activations are not modelled. The largest layer defaults to 10% of
+def bare_spec(params: int) -> ModelSpec:
+    """A parameter count with no architecture: activations are not modelled. The largest layer is taken as 10% of
     the parameters (BART-large's tied embedding is 13%, a 7B model's ~2%)."""
-    return ModelSpec(model_type="unknown", params=params,
-                     largest_layer_params=largest_layer_params if largest_layer_params is not None else params // 10)
+    return ModelSpec(model_type="unknown", params=params, largest_layer_params=params // 10)
 
 
 # ---------------------------------------------------------------------------------------------------- model states
 
 def zero_paper_bytes(params: int, stage: int, world_size: int, k: int = 12) -> float:
-    """ZeRO paper (Rajbhandari et al. 2020), mixed-precision Adam with K=12: 16Ψ, 4Ψ+KΨ/N, 2Ψ+(2+K)Ψ/N, (4+K)Ψ/N."""
+    """ZeRO paper (Rajbhandari et al. 2020), mixed-precision Adam, K=12: 16Ψ, 4Ψ+KΨ/N, 2Ψ+(2+K)Ψ/N, (4+K)Ψ/N."""
     psi, n = params, world_size
     return {0: (4 + k) * psi, 1: 4 * psi + k * psi / n, 2: 2 * psi + (2 + k) * psi / n, 3: (4 + k) * psi / n}[stage]
 
@@ -134,7 +133,8 @@ def model_state_bytes(spec: ModelSpec, *, stage: int, world_size: int, precision
     w = bytes of a working weight/gradient (2 at bf16/fp16, 4 at fp32). DeepSpeed keeps 16 more bytes per
     parameter for the optimizer partition: fp32 gradients, fp32 master weights, Adam's two moments. At 16 bits:
     ZeRO-2 = 2Ψ + 18Ψ/N, ZeRO-3 = 4·largest_layer + 18Ψ/N, exactly DeepSpeed's estimators; ZeRO-1 keeps full
-    gradients (4Ψ + 16Ψ/N). ZeRO-0 under fp32 holds no master copy (16Ψ: weights, grads, two moments)."""
+    gradients (4Ψ + 16Ψ/N). ZeRO-0 under fp32 holds no master copy (16Ψ: weights, grads, two moments).
+    Parameter offload (ZeRO-3 only) implies optimizer offload, as in DeepSpeed's estimator."""
     psi, n, w = spec.params, world_size, 2 if precision in ("bf16", "fp16") else 4
     gathered = 2 * w * spec.largest_layer_params
     if stage == 0:
@@ -198,7 +198,7 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
         return 0
     b, s, t, h = micro_batch, source_length, target_length, spec.hidden_size
     enc, dec = _encoder_layer(spec, s, b, fused_attention), _decoder_layer(spec, t, s, b, fused_attention)
-    embeddings = 3 * (s + t) * b * h + 2 * s * b * h   # embedding outputs + dropout masks; encoder output for cross-attn
+    embeddings = 3 * (s + t) * b * h + 2 * s * b * h   # embedding outputs + dropout masks; encoder output (cross-attn)
     if checkpointing:
         layers = 2 * b * h * (s * spec.encoder_layers + t * spec.decoder_layers) + max(enc, dec)
     else:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from engine.config import LoadedConfig
 from engine.errors import UserError
 from engine.schema import DialsumConfig, ParallelConfig
 from launcher.ds_config import render_deepspeed_config
@@ -23,9 +23,6 @@ from launcher.memory import (
 )
 from launcher.plan import Plan
 from launcher.topology import Topology
-
-if TYPE_CHECKING:
-    from engine.config import LoadedConfig
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def _check_global_batch(global_batch: int, world: int) -> int:
     return global_batch // world
 
 
-def _check_pins(par: ParallelConfig, device: str) -> None:
+def _check_pins(par: ParallelConfig) -> None:
     if not par.deepspeed and (par.zero_stage or par.offload_optimizer or par.offload_params):
         raise UserError("parallel.deepspeed: false (plain DDP) cannot honour parallel.zero_stage > 0 or CPU offload; "
                         "set parallel.deepspeed=true or unset them")
@@ -219,8 +216,8 @@ def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate],
     found = _search(setting, _candidates(free, setting.device), _divisors_desc(per_rank)) if pins else None
     if found:
         c, micro, fp = found
-        return UserError(f"parallel ({', '.join(pins)}): the pinned plan {short}; would fit: zero_stage={c.zero_stage}, "
-                         f"offload_optimizer={c.offload_optimizer}, offload_params={c.offload_params}, "
+        return UserError(f"parallel ({', '.join(pins)}): the pinned plan {short}; would fit: "
+                         f"zero_stage={c.zero_stage}, offload_optimizer={c.offload_optimizer}, offload_params={c.offload_params}, "
                          f"gradient_checkpointing={c.gradient_checkpointing}, micro_batch_size={micro} "
                          f"({gib(fp.total)}); unset or change the pins")
     what = f"parallel ({', '.join(pins)}): the pinned plan" if pins else "model.name_or_path: the model"
@@ -243,7 +240,7 @@ def _load_spec(name: str, device: str) -> tuple[ModelSpec | None, str]:
     return spec, f"{spec.model_type}, {spec.params / 1e6:.1f}M parameters (from {name})"
 
 
-def make_plan(loaded: "LoadedConfig", topology: Topology, *, run_id: str, nnodes: int | None = None,
+def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, nnodes: int | None = None,
               nproc_per_node: int | None = None) -> Plan:
     """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view)."""
     cfg = loaded.config
@@ -260,7 +257,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
     """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan)."""
     par = cfg.parallel
     device = "cuda" if topology.gpus else "cpu"
-    _check_pins(par, device)
+    _check_pins(par)
     nnodes, nproc, world_reason = _world(topology, par, nnodes, nproc_per_node)
     world = nnodes * nproc
     per_rank = _check_global_batch(cfg.training.global_batch_size, world)
@@ -276,7 +273,8 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         chosen = min(candidates, key=lambda c: (c.cost(False), c.zero_stage))
         micro = par.micro_batch_size or 1
         reasons.update(zero_stage=f"{chosen.zero_stage}: model size unknown; cheapest allowed setting",
-                       offload="none" if not chosen.offload_optimizer else "pinned",
+                       offload=("optimizer states to CPU: pinned" if chosen.offload_optimizer
+                                else "none: model size unknown"),
                        gradient_checkpointing=f"{'on' if chosen.gradient_checkpointing else 'off'}: model size unknown",
                        micro_batch_size=f"{micro}: model size unknown, smallest micro-batch")
     else:
@@ -289,7 +287,10 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                           source_length=cfg.data.max_source_length, target_length=cfg.data.max_target_length,
                           device_bytes=device_bytes, budget=int(device_bytes * (1 - par.memory_headroom)),
                           cpu_budget=int(topology.ram_bytes * (1 - par.memory_headroom)), slow_interconnect=slow)
-        micros = [par.micro_batch_size] if par.micro_batch_size else (_divisors_desc(per_rank) if spec.has_architecture else [1])
+        if par.micro_batch_size:
+            micros = [par.micro_batch_size]
+        else:  # a bare parameter count has no activation model: one sample per forward
+            micros = _divisors_desc(per_rank) if spec.has_architecture else [1]
         found = _search(setting, candidates, micros)
         if found is None:
             raise _too_big(setting, par, candidates, micros, per_rank)
@@ -328,7 +329,9 @@ def _explain(s: Setting, par: ParallelConfig, c: Candidate, micro: int, fp: Foot
     elif c.zero_stage == 0:
         stage = "0: model states fit without partitioning"
     else:
-        stage = f"{c.zero_stage}: partitions {'optimizer states' if c.zero_stage == 1 else 'gradients and optimizer states' if c.zero_stage == 2 else 'parameters, gradients and optimizer states'} across {s.world} ranks"
+        what = {1: "optimizer states", 2: "gradients and optimizer states",
+                3: "parameters, gradients and optimizer states"}[c.zero_stage]
+        stage = f"{c.zero_stage}: partitions {what} across {s.world} ranks"
         if smallest is not None:
             stage += f"; cheaper settings need >= {gib(smallest)} per {unit}"
     zero3 = Candidate(3)

@@ -98,16 +98,19 @@ class Topology:
             if key not in data:
                 raise UserError(f"{where}: {key}: required")
         gpus = [GPUInfo(**_gpu_fields(g, f"{where}: gpus[{i}]")) for i, g in enumerate(data.get("gpus") or [])]
-        links = data.get("links") or [["self" if i == j else "unknown" for j in range(len(gpus))] for i in range(len(gpus))]
+        n = len(gpus)
+        links = data.get("links") or [["self" if i == j else "unknown" for j in range(n)] for i in range(n)]
         _check_links(links, len(gpus), f"{where}: links")
         cluster = ClusterInfo(**_known(data.get("cluster") or {}, ClusterInfo, f"{where}: cluster"))
         if not isinstance(cluster.nnodes, int) or cluster.nnodes < 1:
             raise UserError(f"{where}: cluster.nnodes: expected an integer >= 1, got {cluster.nnodes!r}")
         available = data.get("ram_available_bytes")
+        if available is not None:
+            available = parse_size(available, f"{where}: ram_available_bytes")
         return cls(hostname=str(data["hostname"]), cpu_cores=int(data["cpu_cores"]),
                    ram_bytes=parse_size(data["ram_bytes"], f"{where}: ram_bytes"), cpu_bf16=bool(data["cpu_bf16"]),
                    gpus=gpus, links=links, cluster=cluster, source=str(data.get("source", "detected")),
-                   ram_available_bytes=None if available is None else parse_size(available, f"{where}: ram_available_bytes"))
+                   ram_available_bytes=available)
 
 
 def _known(data: object, cls: type, where: str) -> dict:

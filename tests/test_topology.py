@@ -59,7 +59,8 @@ def test_cluster_view_from_slurm_and_torchrun_variables():
     slurm = cluster_from_env({"SLURM_JOB_ID": "77", "SLURM_NNODES": "2", "SLURM_NTASKS": "4",
                               "SLURM_JOB_NODELIST": "n[1-2]", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
                               "RANK": "5", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1"})
-    assert (slurm.scheduler, slurm.nnodes, slurm.job_id, slurm.ntasks, slurm.nodelist) == ("slurm", 2, "77", 4, "n[1-2]")
+    assert (slurm.scheduler, slurm.nnodes, slurm.job_id) == ("slurm", 2, "77")
+    assert (slurm.ntasks, slurm.nodelist) == (4, "n[1-2]")
     assert (slurm.world_size, slurm.local_world_size, slurm.rank, slurm.local_rank) == (8, 4, 5, 1)
     assert slurm.master_addr == "10.0.0.1"
     torchrun = cluster_from_env({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "0"})
@@ -99,7 +100,8 @@ def test_hand_written_topology_with_sizes_and_default_links(tmp_path):
     ("hostname: a\ncpu_cores: 1\nram_bytes: 1GiB\ncpu_bf16: false\ngpu: []\n", r"gpu: unknown key"),
     ("hostname: a\ncpu_cores: 1\ncpu_bf16: false\n", r"ram_bytes: required"),
     ("hostname: a\ncpu_cores: 1\nram_bytes: 1GiB\ncpu_bf16: false\n"
-     "gpus: [{index: 0, name: g, memory_total_bytes: 1GiB}]\nlinks: [[self, nvlink]]\n", r"links: expected a 1x1 matrix"),
+     "gpus: [{index: 0, name: g, memory_total_bytes: 1GiB}]\nlinks: [[self, nvlink]]\n",
+     r"links: expected a 1x1 matrix"),
     ("hostname: a\ncpu_cores: 1\nram_bytes: 1GiB\ncpu_bf16: false\n"
      "gpus: [{index: 0, name: g, memory_total_bytes: 1GiB}, {index: 1, name: g, memory_total_bytes: 1GiB}]\n"
      "links: [[self, infiniband], [nvlink, self]]\n", r"links\[0\]\[1\]: must be one of"),

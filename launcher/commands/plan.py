@@ -128,7 +128,8 @@ def print_plan(plan: Plan) -> None:
     console.print(table)
     if not plan.memory:
         return
-    mem = Table(title="Predicted memory per GPU (at the chosen micro-batch and checkpointing)")
+    unit = "GPU" if plan.device == "cuda" else "rank"
+    mem = Table(title=f"Predicted memory per {unit} (at the chosen micro-batch and checkpointing)")
     for column in ("ZeRO stage", "model states", "activations", "overhead", "total", "fits"):
         mem.add_column(column, justify="right")
     for stage in "0123":
@@ -137,6 +138,8 @@ def print_plan(plan: Plan) -> None:
         mem.add_row(stage + chosen, _gib(row["model_state_bytes_per_gpu"]), _gib(row["activation_bytes_per_gpu"]),
                     _gib(row["overhead_bytes_per_gpu"]), _gib(row["total"]), "yes" if row["fits"] else "no")
     console.print(mem)
-    console.print(f"Predicted peak {_gib(plan.memory['predicted_peak_bytes_per_gpu'])} of a "
-                  f"{_gib(plan.memory['budget_bytes_per_gpu'])} budget ({_gib(plan.memory['device_bytes'])} device); "
-                  f"host RAM per node {_gib(plan.memory['cpu_bytes_per_node'])}")
+    m = plan.memory
+    device = "GPU memory" if plan.device == "cuda" else f"RAM / {plan.nproc_per_node} rank(s)"
+    host = f"; host RAM per node {_gib(m['cpu_bytes_per_node'])}" if plan.device == "cuda" else ""
+    console.print(f"Predicted peak {_gib(m['predicted_peak_bytes_per_gpu'])} per {unit} of a "
+                  f"{_gib(m['budget_bytes_per_gpu'])} budget ({_gib(m['device_bytes'])} {device}){host}")
