@@ -386,9 +386,10 @@ def explain_rows(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     return [(key, value, loaded.sources.get(key, "default")) for key, value in _leaves(loaded.to_dict())]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The config arguments shared by `config show`, `launch`, `plan` and `sweep`."""
-    parser.add_argument("config", nargs="+", metavar="CONFIG", help="YAML config files, later ones win")
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The config arguments shared by `config show`, `launch`, `plan` and `sweep` (`plan` may go without a file)."""
+    parser.add_argument("config", nargs="+" if required else "*", metavar="CONFIG",
+                        help="YAML config files, later ones win")
     parser.add_argument("--config", dest="extra_configs", action="append", default=[], metavar="FILE",
                         help="another YAML config file, applied after the positional ones (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -107,8 +108,10 @@ def test_prune_decision_reaches_every_rank(tmp_path):
     pytest.fail("no trial was pruned at its first evaluation")
 
 
-def test_dead_trial_is_failed_once_and_requeued_with_its_params(tmp_path):
-    study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "j.log")))
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_dead_trial_is_failed_once_and_requeued_with_its_params(tmp_path, storage):
+    url = str(tmp_path / "j.log") if storage == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
     dead, alive = study.ask(), study.ask()
     dead.suggest_float("training.learning_rate", 1e-5, 1e-3, log=True)
     dead.suggest_categorical("training.warmup_ratio", [0.0, 0.1])
@@ -213,6 +216,12 @@ def test_killed_agent_does_not_lose_the_sweep(tmp_path, sweep_files):
     assert killed_run, "trial 0 never started training"
     os.killpg(agent.pid, signal.SIGKILL)
     agent.wait(timeout=30)
+    # torch elastic starts ranks in their own sessions, so they outlive a killed launcher (reported to the lead);
+    # kill the killed trial's ranks too, as a machine or job loss would.
+    plan = str(tmp_path / "out/runs" / killed_run / "plan.json")
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if plan in (proc.info["cmdline"] or []):
+            proc.kill()
 
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

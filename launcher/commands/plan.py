@@ -7,6 +7,7 @@ import contextlib
 import re
 import sys
 
+from engine.config import add_config_arguments
 from engine.errors import UserError
 from launcher.plan import Plan
 
@@ -17,12 +18,7 @@ _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("plan", help="show the hardware-aware plan (ZeRO stage, offload, batch, precision) and why")
-    # The config arguments of engine.config.add_config_arguments, with CONFIG optional for --model-params.
-    parser.add_argument("config", nargs="*", metavar="CONFIG", help="YAML config files, later ones win")
-    parser.add_argument("--config", dest="extra_configs", action="append", default=[], metavar="FILE",
-                        help="another YAML config file, applied after the positional ones (repeatable)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one dotted key, e.g. --set parallel.zero_stage=2 (repeatable)")
+    add_config_arguments(parser, required=False)  # CONFIG is optional with --model-params
     parser.add_argument("--topology-file", default=None, help="plan for a described topology (YAML/JSON) instead of "
                         "this machine")
     parser.add_argument("--nproc", type=int, default=None, help="rank processes per node (default: GPUs, or 1 on CPU)")

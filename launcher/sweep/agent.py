@@ -148,9 +148,8 @@ class Agent:
         # Distinct sampler streams for agents started together (index) and for agents that join later (trials seen).
         self.study = create_study(self.spec, storage, seed + 7919 * started + settings.agent_index)
 
-    def run(self) -> int:
+    def run(self) -> None:
         """Run trials until the budget is used (waiting for other agents' trials, retrying dead ones)."""
-        ran = 0
         while True:
             for number in retry_stale_trials(self.study, self.s.heartbeat_seconds):
                 _log(self.s.agent_index, f"trial {number} lost its agent; queued again")
@@ -170,8 +169,6 @@ class Agent:
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
             self.run_trial(trial)
-            ran += 1
-        return ran
 
     def run_trial(self, trial: optuna.Trial) -> None:
         spec, s = self.spec, self.s

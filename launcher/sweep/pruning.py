@@ -26,7 +26,7 @@ PRUNED_ATTR = "pruned_at"
 class TrialLink:
     storage: str          # what `optuna_backend.open_storage` accepts: an RDB URL or a journal file path
     study: str
-    trial_id: int
+    trial_id: int         # Optuna's storage id (`Trial._trial_id`), what `optuna.trial.Trial(study, id)` takes
     number: int
     metric: str           # bare metric name; the Trainer reports it as `eval_<metric>`
     direction: str        # "maximize" | "minimize"

@@ -76,7 +76,7 @@ class ParamSpec:
         y = round(x / self.q) * self.q
         ints = all(isinstance(v, int) for v in (self.q, self.min if self.min is not None else 0,
                                                 self.max if self.max is not None else 0, self.mu))
-        return int(round(y)) if ints else y
+        return int(round(y)) if ints else round(y, 12)  # 0.07, not 0.07000000000000001
 
     def from_normal(self, z: float) -> float | int:
         """A standard-normal draw -> this parameter's value (normal, log_normal and their q variants)."""

@@ -1,0 +1,107 @@
+"""What every benchmark script shares: the environment ranks inherit, the tiny model, markdown tables, machine line.
+
+Benchmarks are scripts (run as `python benchmarks/bench_*.py`), never timed tests; each prints one markdown table whose
+ratios are taken against an anchor measured in the same run, so a busy machine skews both sides alike.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+MINI_DIR = REPO_ROOT / "data" / "dialogsum-mini"
+
+# What ranks started by a benchmark must see: W&B offline and quiet, DeepSpeed on CPU, no hub, and the benchmarks
+# folder importable (the step timer is loaded by the engine as a custom callback).
+BENCH_ENV = {
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ + BENCH_ENV, with the benchmarks folder and the repo root on PYTHONPATH."""
+    path = os.pathsep.join([str(BENCH_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, **BENCH_ENV, "PYTHONPATH": path, **(extra or {})}
+
+
+def build_bench_model(out_dir: Path, train_csv: Path = MINI_DIR / "train.csv", eval_csv: Path = MINI_DIR / "dev.csv",
+                      size: str = "tiny") -> Path:
+    """`dialsum init-model` plus the speaker tags baked into the tokenizer (and embeddings), saved to out_dir.
+
+    The engine adds the tags found in the data at load time; a plain script would not. Baking them in means both sides
+    load byte-identical weights and token ids, so their losses can be compared exactly."""
+    from engine.data import find_placeholder_tokens, read_dialogues
+    from engine.model_init import init_model
+    from engine.modeling import load_model_and_tokenizer
+    from engine.schema import ModelConfig
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    raw = out_dir.parent / f"{out_dir.name}-raw"
+    if not (raw / "config.json").is_file():
+        init_model(train_csv, raw, size=size, seed=0)
+    rows = read_dialogues(train_csv, require_summary=True) + read_dialogues(eval_csv, require_summary=True)
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(raw)), find_placeholder_tokens(rows))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_s(seconds: float) -> str:
+    """Seconds with a unit that keeps three significant digits readable."""
+    if seconds != seconds:
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "-"
+
+
+def machine_line() -> str:
+    """Date, cores, RAM and the versions that decide the numbers: printed under every table."""
+    import psutil
+
+    ram = psutil.virtual_memory().total / 2**30
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("torch", "deepspeed", "transformers", "tokenizers", "wandb",
+                                                         "sqlalchemy"))
+    return (f"{date.today().isoformat()}, {platform.machine()} {os.cpu_count()} cores / {ram:.0f} GiB, "
+            f"Python {sys.version.split()[0]}, {versions}")
+
+
+def print_report(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()) -> None:
+    print(f"\n### {title}\n")
+    print(markdown_table(headers, rows))
+    print()
+    for note in notes:
+        print(f"- {note}")
+    print(f"- machine: {machine_line()}")

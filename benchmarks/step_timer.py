@@ -1,0 +1,51 @@
+"""A TrainerCallback that both sides of a benchmark install: it times optimizer steps on rank 0 and writes them as JSON.
+
+The engine loads it as a custom callback (`callbacks: [{path: "step_timer:StepTimer", kwargs: {out: ...}}]`); the plain
+script passes it to its Seq2SeqTrainer. Same code on both sides, so its own cost cancels out of every ratio.
+`on_step_end` runs after the optimizer step and before the Trainer logs, so the gap between two step ends covers one
+whole step including the previous step's logging (and every callback's on_log): the overhead being measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.first_step_begin_wall: float | None = None  # time.time(): comparable with a parent process's clock
+        self.step_ends: list[float] = []                 # time.perf_counter() at each optimizer step's end
+        self.losses: list[tuple[int, float]] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_begin_wall is None:
+            self.first_step_begin_wall = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(time.perf_counter())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(f".{self.out.name}.tmp")
+        tmp.write_text(json.dumps({"first_step_begin_wall": self.first_step_begin_wall, "step_ends": self.step_ends,
+                                   "losses": self.losses, "world_size": args.world_size}))
+        os.replace(tmp, self.out)
+
+
+def steady_step_time(timing: dict, warmup: int) -> float:
+    """Mean seconds per step over the steps after `warmup` (start-up, first allocations and JIT excluded)."""
+    ends = timing["step_ends"]
+    if len(ends) <= warmup + 1:
+        raise ValueError(f"{len(ends)} steps timed; need more than warmup + 1 = {warmup + 1}")
+    return (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
