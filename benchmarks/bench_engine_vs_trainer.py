@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke-test sizes: 1 rank, 6 steps, 1 run per side")
     a = p.parse_args(argv)
     if a.quick:
-        a.nproc, a.steps, a.warmup, a.repeats, a.rows, a.max_source = [1], 6, 2, 1, 48, 64
+        a.nproc, a.steps, a.warmup, a.repeats, a.rows, a.max_source, a.logging_steps = [1], 6, 2, 1, 48, 64, 2
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         work = Path(a.workdir or tmp)

@@ -17,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", nargs="+", help="Config YAML file(s), when started by torchrun/accelerate/srun.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
     args = parser.parse_args(argv)
+    if args.config:  # plain `srun python -m engine`: SLURM task ids become RANK/WORLD_SIZE before logging names the rank
+        from engine.distributed import adopt_slurm_environment
+
+        try:
+            adopt_slurm_environment()
+        except UserError as exc:
+            print(f"dialsum: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
@@ -37,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"dialsum: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if result.preempted_at is not None:
+        from engine.signals import PREEMPTED_EXIT_CODE
+
+        if rank == 0:
+            print(f"run {result.run_id} preempted: checkpoint at step {result.preempted_at}; start it again with "
+                  f"DIALSUM_RUN_ID={result.run_id} (or `dialsum launch ... --resume {result.run_id}`) to resume")
+        return PREEMPTED_EXIT_CODE
     if rank == 0:
         best = ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items() if k.startswith("rouge"))
         print(f"run {result.run_id} completed: {best}; model v{result.model_version} at {result.model_path}; "

@@ -13,12 +13,36 @@ from typing import Any
 import torch
 
 from engine.config import load_config
+from engine.errors import UserError
 from launcher.plan import Plan
 
 
 def new_run_id() -> str:
     """A job's run id: DIALSUM_RUN_ID when a resumed job must keep its run, else a fresh one."""
     return os.environ.get("DIALSUM_RUN_ID") or uuid.uuid4().hex[:12]
+
+
+def adopt_slurm_environment(env: dict[str, str] | None = None) -> None:
+    """Plain `srun python -m engine`: one task per rank, so SLURM's task ids are the ranks. Skipped when RANK is set
+    (torchrun/accelerate inside srun: every worker inherits its task's SLURM_PROCID=0 and SLURM_NTASKS=1)."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
+        return
+    world = int(env["SLURM_NTASKS"])
+    nnodes = int(env.get("SLURM_NNODES", "1"))
+    env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=str(world), LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
+               LOCAL_WORLD_SIZE=str(max(1, world // nnodes)))
+    if "MASTER_ADDR" not in env:
+        if nnodes > 1:
+            raise UserError("srun over several nodes: set MASTER_ADDR to the first node's address "
+                            "(scripts/slurm/multi_node.sbatch does)")
+        env["MASTER_ADDR"] = "127.0.0.1"
+    env.setdefault("MASTER_PORT", str(slurm_port(env.get("SLURM_JOB_ID", "0"))))
+
+
+def slurm_port(job_id: str | int) -> int:
+    """A rendezvous port per job (same formula as scripts/slurm/*.sbatch), so two jobs on one node do not collide."""
+    return 20000 + int(job_id) % 20000
 
 
 def init_process_group(use_deepspeed: bool) -> None:
@@ -40,6 +64,7 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
     from launcher.planner import make_plan
     from launcher.topology import detect_topology
 
+    adopt_slurm_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     loaded = load_config(config_files, overrides, sweep_params=sweep_params)

@@ -24,7 +24,7 @@ class Recorder(Protocol):
     def log_event(self, step: int, kind: str, data: dict[str, Any]) -> None: ...
     def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int | None: ...
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
-               failing_rank: int | None = None) -> None: ...
+               failing_rank: int | None = None, exit_code: int | None = None) -> None: ...
 
 
 class NullRecorder:
@@ -36,7 +36,7 @@ class NullRecorder:
     def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int | None:
         return None
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
-               failing_rank: int | None = None) -> None: ...
+               failing_rank: int | None = None, exit_code: int | None = None) -> None: ...
 
 
 def store_uri(cfg: DialsumConfig) -> str:
@@ -110,13 +110,13 @@ class Rank0Recorder:
         return version
 
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
-               failing_rank: int | None = None) -> None:
+               failing_rank: int | None = None, exit_code: int | None = None) -> None:
         self._stop_heartbeat.set()
         if summary:
             self.tracker.set_summary(self.run_id, summary)
             self.wandb.summary(summary)
-        self.tracker.finish(self.run_id, status, error=error, failing_rank=failing_rank)
-        self.wandb.finish(exit_code=0 if status == "completed" else 1)
+        self.tracker.finish(self.run_id, status, error=error, failing_rank=failing_rank, exit_code=exit_code)
+        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)
 
 
 def _plan_summary(plan) -> dict[str, Any]:

@@ -20,12 +20,14 @@ from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqT
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
+from engine.checkpointing import MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint, read_marker
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment
 from engine.modeling import decode_summaries, load_model_and_tokenizer
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
+from engine.signals import PREEMPTED_EXIT_CODE, PreemptionCallback
 from launcher.plan import Plan
 from launcher.sweep.pruning import sweep_callbacks_from_env
 
@@ -50,6 +52,7 @@ class TrainResult:
     model_path: str | None = None
     model_version: int | None = None
     predictions_path: str | None = None
+    preempted_at: int | None = None  # the step a preemption checkpoint was written at; the run is not finished
 
 
 class RecorderCallback(TrainerCallback):
@@ -123,7 +126,7 @@ class DialogueSummarizationTrainer:
             eval_steps=t.eval_steps,
             save_strategy=t.eval_strategy if evaluate else "no",
             save_steps=t.eval_steps,
-            save_total_limit=t.save_total_limit,
+            save_total_limit=None,  # CheckpointCommitter rotates, after marking a checkpoint complete
             metric_for_best_model=t.metric_for_best_model if evaluate else None,
             greater_is_better=t.greater_is_better,
             load_best_model_at_end=False,  # best weights are exported from their safetensors checkpoint instead
@@ -155,6 +158,7 @@ class DialogueSummarizationTrainer:
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
         result = TrainResult(run_id=plan.run_id)
+        preemption = PreemptionCallback(all_reduce_flag=any_rank_flag)  # handlers first: a signal now is not fatal
         recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
         if self.rank == 0:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
@@ -175,12 +179,14 @@ class DialogueSummarizationTrainer:
             callbacks = [
                 RecorderCallback(recorder), best,
                 AnomalyDetector.from_config(cfg.monitoring, recorder, all_reduce_flag=any_rank_flag),
-                MemoryTracker(recorder),
+                MemoryTracker(recorder, plan.memory),
                 Profiler.from_config(cfg.monitoring, recorder, num_params=self.model.num_parameters(),
                                      target_to_source=cfg.data.max_target_length / cfg.data.max_source_length,
                                      trace_dir=self.run_dir / "traces"),
                 *load_custom_callbacks(cfg.callbacks, recorder=recorder),
                 *sweep_callbacks_from_env(),
+                CheckpointCommitter(self.rank, plan.world_size, keep=cfg.training.save_total_limit),
+                preemption,  # last: sees every other callback's decision to stop or save at this step
             ]
             if cfg.training.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
@@ -191,7 +197,13 @@ class DialogueSummarizationTrainer:
                 data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
                 compute_metrics=compute_metrics, callbacks=callbacks,
             )
-            trainer.train()
+            self._train_or_resume(trainer, recorder)
+            if preemption.preempted_at is not None:
+                result.preempted_at = preemption.preempted_at
+                recorder.log_event(preemption.preempted_at, "preempted", {"signal": preemption.signal_name or "peer"})
+                recorder.finish("preempted", exit_code=PREEMPTED_EXIT_CODE)
+                _teardown()
+                return result
             if not best.last_metrics and cfg.training.eval_strategy != "no":
                 trainer.evaluate()
             result.best_metrics, result.best_step = best.best_metrics, best.best_step
@@ -207,17 +219,42 @@ class DialogueSummarizationTrainer:
             summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
             recorder.finish("completed", summary=summary)
         except BaseException as exc:
-            recorder.finish("failed", error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank)
+            # No teardown collective here: a peer may be dead or inside another collective; the process just exits.
+            recorder.finish("failed", error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
             raise
-        finally:
-            trainer = None
-            _teardown()
+        trainer = None
+        _teardown()
         return result
+
+    def _train_or_resume(self, trainer, recorder) -> None:
+        """Resume from this run's newest complete checkpoint when there is one (a restarted, requeued or `--resume`d
+        job keeps its run id, so its run dir already holds them); at another world size, weights only."""
+        checkpoint = latest_checkpoint(self.run_dir / "checkpoints")
+        if checkpoint is None:
+            trainer.train()
+            return
+        marker = read_marker(checkpoint)
+        same_world = marker.get("world_size") == self.plan.world_size
+        data = {"checkpoint": checkpoint.name, "world_size": self.plan.world_size,
+                "saved_world_size": marker.get("world_size"),
+                "gradient_accumulation_steps": self.plan.gradient_accumulation_steps}
+        recorder.log_event(marker["step"], "resumed", data)
+        log.info("resuming from %s (saved on %s ranks, now %d)", checkpoint, marker.get("world_size"),
+                 self.plan.world_size)
+        if same_world or not self.plan.use_deepspeed:
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+            return
+        recorder.log_event(marker["step"], "resume_optimizer_reset",
+                           {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
+        with deepspeed_weights_only_resume():
+            trainer.train(resume_from_checkpoint=str(checkpoint))
 
     def _export_model(self, trainer) -> Path:
         """Copy the best checkpoint's model files (safetensors, configs, tokenizer) to <run>/model, atomically."""
         target = self.run_dir / "model"
         best_dir = trainer.state.best_model_checkpoint
+        if best_dir and read_marker(Path(best_dir)) is None:
+            raise RuntimeError(f"best checkpoint {best_dir} is incomplete (no {MARKER})")
         if self.rank == 0:
             tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=self.run_dir))
             if best_dir:

@@ -1,18 +1,31 @@
-"""After the ranks are gone: a run that rank 0 could not close (it was killed, or another rank took the group
-down) is marked failed with the failing rank and exit code, so the tracker never keeps a lie."""
+"""After the ranks are gone: settle the run so the tracker never keeps a lie.
+
+A run rank 0 marked `preempted` stays so (exit code PREEMPTED_EXIT_CODE, for batch scripts to requeue on); a run left
+open, or marked failed by rank 0 because a peer's death broke its collective, is marked failed with the rank the
+launcher saw die first and that rank's exit code.
+"""
 from __future__ import annotations
 
 from engine.recorder import store_uri
 from engine.schema import DialsumConfig
+from engine.signals import PREEMPTED_EXIT_CODE
 from launcher.spawn import LaunchOutcome
 
-OPEN_STATUSES = ("created", "running")
+OPEN_STATUSES = ("created", "running", "crashed")  # crashed: running with a stale heartbeat
 
 
-def record_launch_failure(cfg: DialsumConfig, run_id: str, outcome: LaunchOutcome) -> None:
+def settle_run(cfg: DialsumConfig, run_id: str, outcome: LaunchOutcome) -> int:
+    """The launcher's exit code for this outcome, after recording a failure the ranks could not record."""
     from engine.store import Tracker, open_store
 
     tracker = Tracker(open_store(store_uri(cfg)))
-    if tracker.exists(run_id) and tracker.get_run(run_id)["status"] in OPEN_STATUSES:
-        tracker.finish(run_id, "failed", error=outcome.error, failing_rank=outcome.failing_rank,
-                       exit_code=outcome.exit_code)
+    status = tracker.get_run(run_id) if tracker.exists(run_id) else None
+    if status is not None and status["status"] == "preempted":
+        return PREEMPTED_EXIT_CODE
+    if outcome.exit_code == 0:
+        return 0
+    if status is not None and status["status"] in (*OPEN_STATUSES, "failed"):
+        ranks_view = status.get("error") or ""
+        error = outcome.error + (f"; rank 0 saw: {ranks_view}" if ranks_view else "")
+        tracker.finish(run_id, "failed", error=error, failing_rank=outcome.failing_rank, exit_code=outcome.exit_code)
+    return outcome.exit_code

@@ -1,18 +1,29 @@
 """Spawn the rank processes through torch elastic (the machinery behind torchrun), stream their output, and turn
-the outcome into an exit code plus, on failure, which rank died and how."""
+the outcome into an exit code plus, on failure, which rank died and how.
+
+Signals: SIGTERM/SIGINT/SIGHUP/SIGQUIT and SIGUSR1 (SLURM's pre-timeout warning) sent to the launcher are forwarded to
+every rank; the ranks checkpoint at their next step boundary and exit, and the launcher waits up to
+SHUTDOWN_GRACE_S for them before killing what is left. A rank that dies takes the group down: torch elastic notices
+within `monitor_interval`, the survivors see their peer's sockets close inside the next collective and exit.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from launcher.plan import Plan
+
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+SHUTDOWN_GRACE_S = 120  # a preempted rank finishes its step and writes a checkpoint in this time (SLURM gives 90 s)
 
 
 @dataclass
@@ -35,6 +46,7 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         min_nodes=plan.nnodes, max_nodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
         run_id=f"dialsum-{plan.run_id}-{uuid.uuid4().hex[:6]}", rdzv_backend=backend, rdzv_endpoint=endpoint,
         rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn",
+        signals_to_handle=FORWARDED_SIGNALS, shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     try:
         elastic_launch(config, sys.executable)("-m", "engine", "--plan", str(plan_path))
@@ -43,4 +55,7 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # signal -9 -> 137
         return LaunchOutcome(exit_code=code, failing_rank=rank,
                              error=f"rank {rank} exited with code {failure.exitcode}")
+    except SignalException as exc:
+        name = signal.Signals(exc.sigval).name
+        return LaunchOutcome(exit_code=128 + exc.sigval, error=f"launcher received {name}")
     return LaunchOutcome(exit_code=0)

@@ -3,6 +3,7 @@ evaluate by generation, and leave one tracked run, one registry version, one W&B
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -47,6 +48,15 @@ def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_m
         rows = list(csv.DictReader(fh))
     assert [r["fname"] for r in rows] == [f"dev_{i}" for i in range(12)]
     assert all(set(r) == {"fname", "summary"} for r in rows)
+    # Predicted vs measured peak memory is on the run, and `dialsum plan` shows it for the next run of this model.
+    peaks = [e["data"] for e in run["events"] if e["kind"] == "memory_peaks"]
+    assert len(peaks) == 1 and len(peaks[0]["peak_bytes_per_rank"]) == 2 and peaks[0]["predicted_bytes"] > 0
+    plan = run_dialsum("plan", str(config), "--nproc", "2", "--json")
+    assert plan.returncode == 0, plan.stderr
+    history = json.loads(plan.stdout)["past_predictions"]
+    assert [h["run_id"] for h in history] == [run["run_id"]]
+    assert history[0]["measured_bytes"] == max(peaks[0]["peak_bytes_per_rank"])
+
     # The registered metrics are the ROUGE of exactly these predictions against the dev references.
     refs = [d.references for d in read_dialogues(REPO_ROOT / "data/dialogsum-mini/dev.csv", require_summary=True, limit=12)]
     rescored = score_summaries([r["summary"] for r in rows], refs)

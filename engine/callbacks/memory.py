@@ -62,11 +62,21 @@ def gather_peak_bytes() -> list[int]:
 
 
 class MemoryTracker(TrainerCallback):
-    """Records this rank's memory at each train log; at the end, every rank's peak (gathered) on rank 0's recorder."""
+    """Records this rank's memory at each train log; at the end, every rank's peak (gathered) on rank 0's recorder,
+    next to the planner's prediction so `dialsum plan` can show how far off past predictions were."""
 
-    def __init__(self, recorder: "Recorder"):
+    def __init__(self, recorder: "Recorder", plan_memory: dict | None = None):
         self.recorder = recorder
+        self.plan_memory = plan_memory or {}
         self.peaks: list[int] = []
+
+    def predicted_bytes(self) -> int | None:
+        """The plan's per-rank peak in the units measured here: CUDA max-allocated does not see the CUDA context and
+        framework overhead the planner adds, process RSS on CPU does."""
+        predicted = self.plan_memory.get("predicted_peak_bytes_per_gpu")
+        if predicted is None:
+            return None
+        return int(predicted - self.plan_memory.get("overhead_bytes_per_gpu", 0)) if _on_cuda() else int(predicted)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:  # train logs only; eval logs at the same step would duplicate
@@ -75,6 +85,11 @@ class MemoryTracker(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.peaks = gather_peak_bytes()
         step = state.global_step
+        measured = max(self.peaks)
+        predicted = self.predicted_bytes()
         self.recorder.log_metrics(step, {f"memory/peak_bytes_rank{r}": float(p) for r, p in enumerate(self.peaks)})
-        self.recorder.log_event(step, "memory_peaks", {"peak_bytes_per_rank": self.peaks, "max_bytes": max(self.peaks),
-                                                       "device": "cuda" if _on_cuda() else "cpu"})
+        self.recorder.log_event(step, "memory_peaks", {
+            "peak_bytes_per_rank": self.peaks, "max_bytes": measured, "device": "cuda" if _on_cuda() else "cpu",
+            "predicted_bytes": predicted,
+            "prediction_error": None if predicted is None else (predicted - measured) / measured,
+        })

@@ -21,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
     parser.add_argument("--master-addr", default=None, help="rendezvous host (multi-node)")
     parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
-    parser.add_argument("--max-restarts", type=int, default=0, help="torch elastic restarts of the worker group")
+    parser.add_argument("--max-restarts", type=int, default=0,
+                        help="torch elastic restarts of the worker group (each resumes from the last checkpoint)")
+    parser.add_argument("--run-id", "--resume", dest="run_id", default=None, metavar="RUN_ID",
+                        help="use this run id (default: DIALSUM_RUN_ID, else new); a run with a complete checkpoint "
+                             "resumes from it, at any rank count (the planner keeps the global batch)")
     parser.add_argument("--topology-file", default=None, help="plan for a described topology instead of this machine")
     parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
                         help="sweep parameters (dotted keys), applied above files and environment, below --set")
@@ -56,18 +60,20 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args, sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
-    plan = make_plan(loaded, topology, run_id=new_run_id(), nnodes=args.nnodes, nproc_per_node=args.nproc)
+    run_id = args.run_id or new_run_id()
+    if args.nnodes > 1 and not (args.run_id or os.environ.get("DIALSUM_RUN_ID")):
+        raise UserError("--nnodes > 1: every node must use the same run id; pass --run-id ID (or set DIALSUM_RUN_ID) "
+                        "on each node")
+    plan = make_plan(loaded, topology, run_id=run_id, nnodes=args.nnodes, nproc_per_node=args.nproc)
     print_plan(plan)
     if args.dry_run:
         return 0
     from launcher.spawn import spawn_ranks
-    from launcher.run_outcome import record_launch_failure
+    from launcher.run_outcome import settle_run
 
     plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
     plan.save(plan_path)
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
                           master_port=args.master_port, max_restarts=args.max_restarts)
-    if outcome.exit_code != 0:
-        record_launch_failure(loaded.config, plan.run_id, outcome)
-    return outcome.exit_code
+    return settle_run(loaded.config, plan.run_id, outcome)

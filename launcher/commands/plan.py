@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import sys
 
-from engine.config import add_config_arguments
+from engine.config import add_config_arguments, config_from_dict
 from engine.errors import UserError
 from launcher.plan import Plan
 
@@ -84,13 +85,33 @@ def _config_plan(args: argparse.Namespace) -> Plan:
 
 
 def run(args: argparse.Namespace) -> int:
+    from launcher.plan_history import past_predictions
+
     with contextlib.redirect_stdout(sys.stderr):  # library chatter (DeepSpeed logs to stdout) must not mix with --json
         plan = _bare_plan(args) if args.model_params else _config_plan(args)
+    history = [] if args.model_params else past_predictions(config_from_dict(plan.config))
     if args.json:
-        print(plan.to_json())
+        print(json.dumps({**json.loads(plan.to_json()), "past_predictions": history}, indent=2, sort_keys=True))
     else:
         print_plan(plan)
+        print_history(history)
     return 0
+
+
+def print_history(rows: list[dict]) -> None:
+    """Predicted vs measured peak memory of past runs of the same model (positive error: the plan over-predicted)."""
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Past runs of this model: predicted vs measured peak memory per rank")
+    for column in ("run", "ranks", "ZeRO", "micro", "device", "predicted", "measured", "error"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["run_id"], str(r["world_size"]), str(r["zero_stage"]), str(r["micro_batch_size"]), r["device"],
+                      _gib(r["predicted_bytes"]), _gib(r["measured_bytes"]), f"{r['prediction_error']:+.0%}")
+    Console().print(table)
 
 
 def _gib(n: int) -> str:

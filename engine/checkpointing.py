@@ -1,0 +1,100 @@
+"""Which Trainer checkpoints count, and how a run resumes from one.
+
+The HF Trainer writes `checkpoint-N/` in place (model, DeepSpeed shards from every rank, RNG, trainer state). A
+checkpoint counts only once every rank has finished writing it: after a barrier, rank 0 writes `dialsum-checkpoint.json`
+into it atomically (temp file + rename). Resume and model export only ever use marked checkpoints, and rotation (done
+here, after the marker, instead of by the Trainer before it) never deletes the last marked one, so a crash while saving
+leaves the previous checkpoint usable.
+
+Resuming with a different world size: DeepSpeed ZeRO optimizer shards are partitioned by rank count and do not load
+on another count (the universal-checkpoint conversion is an offline step). Such a resume loads the model weights,
+the LR scheduler, RNG and trainer state (step, best metric) and restarts the optimizer moments; the trainer logs a
+`resume_optimizer_reset` event. Same world size: everything is restored.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from engine.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MARKER = "dialsum-checkpoint.json"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def read_marker(checkpoint: Path) -> dict | None:
+    """The marker's content, or None for a partial checkpoint (no marker, or one that does not parse)."""
+    try:
+        return json.loads((Path(checkpoint) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every checkpoint-N folder under root, oldest first, complete or not."""
+    found = []
+    if Path(root).is_dir():
+        for path in Path(root).iterdir():
+            match = _CHECKPOINT_DIR.match(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under root (what a restarted or requeued job resumes from)."""
+    complete = [path for _, path in checkpoints(root) if read_marker(path) is not None]
+    return complete[-1] if complete else None
+
+
+class CheckpointCommitter(TrainerCallback):
+    """Marks a checkpoint complete once all ranks saved it, then keeps the `keep` newest complete ones plus the best."""
+
+    def __init__(self, rank: int, world_size: int, keep: int):
+        self.rank, self.world_size, self.keep = rank, world_size, keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's shards are on disk
+        if self.rank != 0:
+            return
+        root = Path(args.output_dir)
+        current = root / f"checkpoint-{state.global_step}"
+        atomic_write_text(current / MARKER, json.dumps({"step": state.global_step, "world_size": self.world_size}))
+        best = Path(state.best_model_checkpoint).resolve() if state.best_model_checkpoint else None
+        complete = [path for _, path in checkpoints(root) if read_marker(path) is not None]
+        keep = set(complete[-self.keep:]) | {best}
+        for step, path in checkpoints(root):
+            if step < state.global_step and path.resolve() not in {p.resolve() for p in keep if p}:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def deepspeed_weights_only_resume():
+    """While active, the Trainer's resume loads only the module from a DeepSpeed checkpoint (no ZeRO optimizer shards);
+    transformers exposes no switch for this, so its loader is swapped for the duration of `trainer.train(...)`."""
+    import transformers.trainer as hf_trainer
+
+    original = hf_trainer.deepspeed_load_checkpoint
+
+    def load_module_only(engine, checkpoint_path, load_module_strict=True):
+        load_path, _ = engine.load_checkpoint(checkpoint_path, load_module_strict=load_module_strict,
+                                              load_optimizer_states=False, load_lr_scheduler_states=False,
+                                              load_module_only=True)
+        if load_path is None:
+            raise ValueError(f"cannot load model weights from {checkpoint_path}")
+
+    hf_trainer.deepspeed_load_checkpoint = load_module_only
+    try:
+        yield
+    finally:
+        hf_trainer.deepspeed_load_checkpoint = original

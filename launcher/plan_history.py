@@ -1,0 +1,34 @@
+"""How far off were past memory predictions for this model? Read from the tracker's `memory_peaks` events."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.schema import DialsumConfig
+
+MAX_RUNS = 10
+
+
+def past_predictions(cfg: DialsumConfig) -> list[dict]:
+    """Newest first: run id, ranks, ZeRO stage, micro-batch, predicted and measured peak bytes, relative error."""
+    from engine.store import Tracker, open_store, resolve_store_uri
+
+    uri = resolve_store_uri(cfg.tracking.uri, cfg.experiment.output_root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    tracker = Tracker(open_store(uri, create=False))
+    rows = []
+    for summary in tracker.list_runs(status="completed"):
+        run = tracker.get_run(summary["run_id"])
+        if run["config"].get("model", {}).get("name_or_path") != cfg.model.name_or_path:
+            continue
+        for event in run["events"]:
+            data = event["data"]
+            if event["kind"] == "memory_peaks" and data.get("predicted_bytes"):
+                rows.append({"run_id": run["run_id"], "world_size": run["plan"].get("world_size"),
+                             "zero_stage": run["plan"].get("zero_stage"),
+                             "micro_batch_size": run["plan"].get("micro_batch_size"), "device": data["device"],
+                             "predicted_bytes": data["predicted_bytes"], "measured_bytes": data["max_bytes"],
+                             "prediction_error": data["prediction_error"]})
+        if len(rows) >= MAX_RUNS:
+            break
+    return rows

@@ -1,0 +1,28 @@
+"""A TrainerCallback that injects a real fault into a real run (loaded by the engine from the config's `callbacks`)."""
+from __future__ import annotations
+
+import os
+import signal
+
+from transformers import TrainerCallback
+
+
+class Fault(TrainerCallback):
+    """At `step` on global rank `rank`: `kill` (SIGKILL itself), `raise`, or `signal_parent` (send `signal` to the
+    process that started this rank: the launcher). `first_attempt_only` spares torch elastic's restarts."""
+
+    def __init__(self, rank: int, step: int, action: str, signal: str = "SIGUSR1", first_attempt_only: bool = False):
+        self.rank, self.step, self.action, self.signal = rank, step, action, signal
+        self.first_attempt_only = first_attempt_only
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if int(os.environ.get("RANK", "0")) != self.rank or state.global_step != self.step:
+            return
+        if self.first_attempt_only and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.action == "raise":
+            raise RuntimeError(f"injected fault on rank {self.rank} at step {self.step}")
+        elif self.action == "signal_parent":
+            os.kill(os.getppid(), getattr(signal, self.signal))
