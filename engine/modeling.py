@@ -88,6 +88,10 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[
         model.generation_config.decoder_start_token_id = config.decoder_start_token_id
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = config.pad_token_id
+    # Seq2seq LMs (BART, T5, ...) take **kwargs in forward but return a plain mean loss that ignores
+    # `num_items_in_batch`; the Trainer would then skip its division by gradient accumulation and scale gradients by
+    # the accumulation count. Telling it the truth keeps the loss and gradients right for any accumulation.
+    model.accepts_loss_kwargs = False
     return model, tokenizer
 
 

@@ -25,6 +25,7 @@ from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment
 from engine.modeling import decode_summaries, load_model_and_tokenizer
+from engine.oom import OOMBackoffTrainer, any_rank_flag
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
 from engine.signals import PREEMPTED_EXIT_CODE, PreemptionCallback
@@ -191,11 +192,11 @@ class DialogueSummarizationTrainer:
             if cfg.training.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
                                                        cfg.training.early_stopping_threshold))
-            trainer = Seq2SeqTrainer(
+            trainer = OOMBackoffTrainer(
                 model=self.model, args=self._training_arguments(), train_dataset=datasets.train,
                 eval_dataset=datasets.eval, processing_class=self.tokenizer,
                 data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
-                compute_metrics=compute_metrics, callbacks=callbacks,
+                compute_metrics=compute_metrics, callbacks=callbacks, recorder=recorder,
             )
             self._train_or_resume(trainer, recorder)
             if preemption.preempted_at is not None:
@@ -292,16 +293,6 @@ def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
         if got != expected:
             raise RuntimeError(f"evaluation order mismatch at row {i}: predictions do not line up with the dataset")
     return pred.predictions[:n]
-
-
-def any_rank_flag(flag: bool) -> bool:
-    """True on every rank when it is True on any rank (a collective every rank calls)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    device = f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 def _teardown() -> None:

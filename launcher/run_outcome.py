@@ -1,6 +1,7 @@
 """After the ranks are gone: settle the run so the tracker never keeps a lie.
 
-A run rank 0 marked `preempted` stays so (exit code PREEMPTED_EXIT_CODE, for batch scripts to requeue on); a run left
+A run rank 0 marked `preempted` in this attempt (its ranks exited with PREEMPTED_EXIT_CODE, or the launcher was
+signalled) stays so and the launcher exits PREEMPTED_EXIT_CODE, for batch scripts to requeue on; a run left
 open, or marked failed by rank 0 because a peer's death broke its collective, is marked failed with the rank the
 launcher saw die first and that rank's exit code.
 """
@@ -19,13 +20,14 @@ def settle_run(cfg: DialsumConfig, run_id: str, outcome: LaunchOutcome) -> int:
     from engine.store import Tracker, open_store
 
     tracker = Tracker(open_store(store_uri(cfg)))
-    status = tracker.get_run(run_id) if tracker.exists(run_id) else None
-    if status is not None and status["status"] == "preempted":
+    run = tracker.get_run(run_id) if tracker.exists(run_id) else None
+    this_attempt = outcome.exit_code == PREEMPTED_EXIT_CODE or outcome.launcher_signal is not None
+    if run is not None and run["status"] == "preempted" and this_attempt:
         return PREEMPTED_EXIT_CODE
     if outcome.exit_code == 0:
         return 0
-    if status is not None and status["status"] in (*OPEN_STATUSES, "failed"):
-        ranks_view = status.get("error") or ""
+    if run is not None and run["status"] in (*OPEN_STATUSES, "failed", "preempted"):
+        ranks_view = run.get("error") or ""
         error = outcome.error + (f"; rank 0 saw: {ranks_view}" if ranks_view else "")
         tracker.finish(run_id, "failed", error=error, failing_rank=outcome.failing_rank, exit_code=outcome.exit_code)
     return outcome.exit_code

@@ -31,6 +31,7 @@ class LaunchOutcome:
     exit_code: int
     failing_rank: int | None = None
     error: str = ""
+    launcher_signal: str | None = None  # set when the ranks stopped because the launcher itself was signalled
 
 
 def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr: str | None = None,
@@ -57,5 +58,6 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
                              error=f"rank {rank} exited with code {failure.exitcode}")
     except SignalException as exc:
         name = signal.Signals(exc.sigval).name
-        return LaunchOutcome(exit_code=128 + exc.sigval, error=f"launcher received {name}")
+        return LaunchOutcome(exit_code=128 + exc.sigval, error=f"launcher received {name}",
+                             launcher_signal=name)
     return LaunchOutcome(exit_code=0)

@@ -26,7 +26,10 @@ def small_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
         "parallel": {"zero_stage": 2},
     }
     for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import psutil
@@ -14,7 +12,7 @@ import pytest
 from engine.checkpointing import MARKER, checkpoints, latest_checkpoint
 from engine.signals import PREEMPTED_EXIT_CODE
 from engine.store import Tracker, open_store
-from launch_helpers import REPO_ROOT, run_dialsum, small_config
+from launch_helpers import run_dialsum, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +56,74 @@ def final_loss(run: dict) -> float:
 
 @pytest.mark.parametrize("action,code", [("kill", 137), ("raise", 1)])
 def test_one_rank_dies_every_rank_ends_and_run_is_failed(tmp_path, tiny_model_dir, action, code):
-    config = config_with(tmp_path, tiny_model_dir, callbacks=fault(1, 3, action))
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "2"],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == code, out[-3000:]
+    stamp = tmp_path / "fault.time"
+    config = config_with(tmp_path, tiny_model_dir, callbacks=fault(1, 3, action, stamp_file=str(stamp)))
+    proc = run_dialsum("launch", str(config), "--nproc", "2")
+    ended = time.time()
+    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ended - float(stamp.read_text()) < 10, "the group took more than 10 s to end after the fault"
+    assert engine_processes(tmp_path) == [], "orphan rank processes"
     run = only_run(tmp_path)
     assert run["status"] == "failed" and run["failing_rank"] == 1 and run["exit_code"] == code, run["error"]
-    # The whole group ended within 10 s of the death: the last heartbeat/end is close to the last logged step.
-    assert engine_processes(tmp_path) == []
     steps = [h["step"] for h in run["history"] if "train/loss" in h]
     assert max(steps) <= 4, steps
+
+
+def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+    """SIGUSR1 to the launcher at step 5: checkpoint at the next step boundary, run `preempted`, exit 75. A partial
+    later checkpoint (a crash while saving) is ignored; the resume (same run id, same W&B id) reaches step 16 with the
+    loss of an uninterrupted run. A copy of the preempted run resumes on 1 rank: same global batch, optimizer reset."""
+    run_id = "preempt-test"
+    config = config_with(tmp_path, tiny_model_dir, callbacks=fault(0, 5, "signal_parent", signal="SIGUSR1"))
+    proc = run_dialsum("launch", str(config), "--nproc", "2", "--run-id", run_id)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert engine_processes(tmp_path) == []
+    run = only_run(tmp_path)
+    assert run["status"] == "preempted" and run["exit_code"] == PREEMPTED_EXIT_CODE
+    [event] = [e for e in run["events"] if e["kind"] == "preempted"]
+    ckpt_root = tmp_path / "out" / "runs" / run_id / "checkpoints"
+    saved = latest_checkpoint(ckpt_root)
+    step = json.loads((saved / MARKER).read_text())["step"]
+    assert saved.name == f"checkpoint-{step}" and step == event["step"] and 5 <= step < 8
+    assert {"trainer_state.json", "model.safetensors", "scheduler.pt"} <= {p.name for p in saved.iterdir()}
+    assert [p.name for p in saved.glob("global_step*/*optim_states.pt")].__len__() == 2, "one ZeRO shard per rank"
+    wandb_id = run["wandb_id"]
+
+    partial = ckpt_root / f"checkpoint-{step + 1}"  # what a crash in the middle of saving leaves
+    shutil.copytree(saved, partial)
+    (partial / MARKER).unlink()
+    (partial / "model.safetensors").write_bytes(b"truncated")
+    assert latest_checkpoint(ckpt_root) == saved
+
+    shutil.copytree(tmp_path / "out", tmp_path / "out1")  # the same preempted job, to resume on one rank below
+
+    proc = run_dialsum("launch", str(config), "--nproc", "2", "--resume", run_id)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert run["status"] == "completed" and run["wandb_id"] == wandb_id
+    [resumed] = [e for e in run["events"] if e["kind"] == "resumed"]
+    assert resumed["step"] == step and resumed["data"]["checkpoint"] == saved.name
+    steps = [h["step"] for h in run["history"] if "train/loss" in h]
+    assert max(steps) == 16
+    assert [p.name for p in (tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb")] == \
+        [f"run-{wandb_id}.wandb"] * 2, "both attempts log to the one W&B run"
+    assert (tmp_path / "out" / "runs" / run_id / "model" / "model.safetensors").exists()
+
+    reference = config_with(tmp_path / "ref", tiny_model_dir) if (tmp_path / "ref").mkdir() is None else None
+    proc = run_dialsum("launch", str(reference), "--nproc", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    uninterrupted = only_run(tmp_path / "ref")
+    assert final_loss(run) == pytest.approx(final_loss(uninterrupted), rel=0.05)
+
+    one_rank = config_with(tmp_path / "out1", tiny_model_dir, experiment={"output_root": str(tmp_path / "out1"),
+                                                                          "name": "e2e", "seed": 7})
+    proc = run_dialsum("launch", str(one_rank), "--nproc", "1", "--resume", run_id)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run1 = Tracker(open_store(f"sqlite:///{tmp_path / 'out1' / 'dialsum.db'}")).get_run(run_id)
+    assert run1["status"] == "completed" and run1["plan"]["world_size"] == 1
+    assert run1["plan"]["global_batch_size"] == run["plan"]["global_batch_size"]
+    assert run1["plan"]["gradient_accumulation_steps"] == 2 * run["plan"]["gradient_accumulation_steps"]
+    kinds = [e["kind"] for e in run1["events"]]
+    assert "resume_optimizer_reset" in kinds
+    assert max(h["step"] for h in run1["history"] if "train/loss" in h) == 16
+    assert final_loss(run1) == pytest.approx(final_loss(uninterrupted), rel=0.25)

@@ -1,0 +1,89 @@
+"""Rank-0 tracking cost per logged step: `Rank0Recorder.log_metrics` with 15 metrics (SQLite store + W&B offline).
+
+Parts timed separately in the same process: the tracker write alone (`Tracker.log_metrics`), the W&B call alone
+(`run.log`, the anchor: what a plain Trainer with report_to="wandb" pays per log) and the whole recorder call the
+engine makes. Target: <= 1 ms per logged step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from common import BENCH_ENV, fmt_s, median, print_report
+
+TARGET_S = 1e-3
+METRIC_NAMES = ["train/loss", "train/grad_norm", "train/learning_rate", "train/epoch", "train/num_input_tokens_seen",
+                "perf/step_time_s", "perf/samples_per_s", "perf/tokens_per_s", "perf/tflops_per_device", "perf/mfu",
+                "memory/rss_bytes", "memory/peak_rss_bytes", "memory/allocated_bytes", "memory/reserved_bytes",
+                "memory/peak_allocated_bytes"]
+
+
+def make_recorder(root: Path):
+    from engine.environment import collect_environment
+    from engine.recorder import Rank0Recorder
+    from engine.schema import DialsumConfig
+    from launcher.plan import Plan
+
+    cfg = DialsumConfig()
+    cfg.experiment.output_root = str(root)
+    cfg.tracking.heartbeat_seconds = 3600.0
+    plan = Plan(run_id="benchtracking", config=asdict(cfg), config_sources={}, device="cpu", backend="gloo", nnodes=1,
+                nproc_per_node=1, world_size=1, precision="fp32", zero_stage=2, use_deepspeed=True,
+                offload_optimizer=False, offload_params=False, gradient_checkpointing=False, micro_batch_size=8,
+                gradient_accumulation_steps=1, global_batch_size=8, deepspeed_config=None)
+    return Rank0Recorder(plan, cfg, collect_environment({}))
+
+
+def per_call(fn, steps: int, first_step: int) -> list[float]:
+    times = []
+    for step in range(first_step, first_step + steps):
+        metrics = {name: 1.0 / (step + 1 + i) for i, name in enumerate(METRIC_NAMES)}
+        t0 = time.perf_counter()
+        fn(step, metrics)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=300, help="logged steps per variant")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes: 10 steps")
+    a = p.parse_args(argv)
+    steps = 10 if a.quick else a.steps
+    os.environ.update({k: BENCH_ENV[k] for k in ("WANDB_MODE", "WANDB_SILENT")})
+
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        recorder = make_recorder(Path(tmp))
+        recorder.start()
+        run_id = recorder.run_id
+        variants = [
+            ("anchor: W&B offline `run.log` alone", lambda s, m: recorder.wandb.run.log(m, step=s)),
+            ("tracker (SQLite) `Tracker.log_metrics` alone", lambda s, m: recorder.tracker.log_metrics(run_id, s, m)),
+            ("dialsum `Rank0Recorder.log_metrics` (both)", recorder.log_metrics),
+        ]
+        results, step = [], 0
+        for name, fn in variants:
+            times = per_call(fn, steps, step)
+            step += steps
+            results.append((name, median(times), sorted(times)[int(0.95 * (len(times) - 1))], sum(times) / len(times)))
+        recorder.finish("completed")
+        db = Path(tmp) / "dialsum.db"
+        db_kib = db.stat().st_size // 1024 if db.exists() else 0
+
+    anchor = results[0][1]
+    rows = [[name, fmt_s(med), fmt_s(p95), fmt_s(mean), f"{med / anchor:.2f}",
+             ("met" if med <= TARGET_S else "MISSED") if name.startswith("dialsum") else "-"]
+            for name, med, p95, mean in results]
+    print_report(
+        "Rank-0 tracking cost per logged step (15 metrics)",
+        ["call", "median", "p95", "mean", "vs anchor", f"target <= {fmt_s(TARGET_S)}"], rows,
+        [f"{steps} logged steps per variant, {len(METRIC_NAMES)} metrics each; SQLite store (WAL) in a temp dir "
+         f"({db_kib} KiB at the end), W&B offline"])
+
+
+if __name__ == "__main__":
+    main()

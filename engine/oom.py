@@ -1,0 +1,110 @@
+"""Out-of-memory backoff inside a step, agreed by every rank, keeping the global batch.
+
+When a forward pass runs out of memory on any rank, all ranks learn it through one all-reduce of a flag (every rank
+calls it after every forward), halve their micro-batch by splitting each batch into twice as many chunks, and
+accumulate the chunks' gradients before the optimizer step. The global batch, the learning-rate schedule and the step
+count stay as planned; training continues without a restart. The event is recorded on the run.
+
+The check sits between forward and backward: under DeepSpeed ZeRO the backward pass runs collectives, so a rank that
+ran out of memory there cannot be rejoined; an OOM in backward still fails the run cleanly (the launcher records it).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+import torch
+from transformers import Seq2SeqTrainer
+from accelerate.utils import DistributedType
+
+from engine.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def any_rank_flag(flag: bool) -> bool:
+    """True on every rank when it is True on any rank (a collective every rank calls)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def split_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Split every batch-first tensor into `parts` chunks of (nearly) equal rows; fewer when rows run out."""
+    rows = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+    parts = max(1, min(parts, rows))
+    bounds = [round(i * rows / parts) for i in range(parts + 1)]
+    return [{k: v[a:b] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            for a, b in zip(bounds, bounds[1:])]
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    return next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+
+
+class OOMBackoffTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose training step survives forward-pass OOM by splitting the micro-batch (see module doc)."""
+
+    def __init__(self, *args, recorder: Recorder, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recorder = recorder
+        self.splits = 1  # chunks per micro-batch; doubles at each agreed OOM
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        total_rows = _rows(inputs)
+        pending = split_batch(inputs, self.splits)
+        sync_at_end = self.accelerator.sync_gradients
+        total_loss = torch.zeros((), device=self.args.device)
+        while pending:
+            chunk = pending.pop(0)
+            loss, oom = None, False
+            try:
+                with self.compute_loss_context_manager():
+                    loss = self.compute_loss(model, chunk, num_items_in_batch=num_items_in_batch)
+            except torch.OutOfMemoryError:
+                oom = True
+            if any_rank_flag(oom):
+                loss = None
+                self._back_off(chunk_rows=_rows(chunk))
+                pending = [part for c in [chunk, *pending] for part in split_batch(c, 2)]
+                continue
+            loss = self._scaled(loss, _rows(chunk) / total_rows, num_items_in_batch)
+            kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+            last = not pending
+            self.accelerator.gradient_state._set_sync_gradients(sync_at_end and last)
+            try:
+                self.accelerator.backward(loss, **kwargs)
+            finally:
+                self.accelerator.gradient_state._set_sync_gradients(sync_at_end)
+            total_loss = total_loss + loss.detach()
+        return total_loss
+
+    def _scaled(self, loss: torch.Tensor, fraction: float, num_items_in_batch) -> torch.Tensor:
+        """The chunk's loss as its share of the step's loss. A model that normalises by `num_items_in_batch` already
+        returns sum/num_items (chunks add up); otherwise a chunk's mean is weighted by its rows and divided by the
+        accumulation steps, as the base Trainer does."""
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            return loss
+        return loss * fraction / self.current_gradient_accumulation_steps
+
+    def _back_off(self, chunk_rows: int) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if chunk_rows <= 1:
+            raise torch.OutOfMemoryError("out of memory with a micro-batch of 1 row: the plan does not fit")
+        self.splits *= 2
+        micro = self.args.per_device_train_batch_size
+        data = {"micro_batch_size": max(1, micro // self.splits), "chunks_per_batch": self.splits,
+                "gradient_accumulation_steps": self.args.gradient_accumulation_steps * self.splits,
+                "global_batch_size": micro * self.args.gradient_accumulation_steps * self.args.world_size}
+        log.warning("out of memory on a rank: every rank now splits each batch into %d chunks (%s)", self.splits, data)
+        self.recorder.log_event(self.state.global_step, "oom_backoff", data)

@@ -1,0 +1,70 @@
+"""OOM backoff: splitting a micro-batch gives the same gradients, and an OOM injected into one rank's forward pass
+under DeepSpeed makes every rank halve its micro-batch and finish the planned steps, with the event recorded."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+
+from engine.data import read_dialogues, tokenize_split
+from engine.oom import OOMBackoffTrainer, split_batch
+from engine.recorder import NullRecorder
+from engine.store import Tracker, open_store
+from launch_helpers import REPO_ROOT, run_dialsum, small_config
+
+
+def test_split_batch_keeps_rows_in_order():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "labels": torch.arange(5).view(5, 1), "flag": True}
+    parts = split_batch(batch, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 3]
+    assert torch.equal(torch.cat([p["labels"] for p in parts]), batch["labels"])
+    assert all(p["flag"] is True for p in parts)
+    assert len(split_batch(batch, 8)) == 5  # never an empty chunk
+
+
+def _grads_after_step(trainer, batch, splits: int) -> list[torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.splits = splits
+    trainer.training_step(trainer.model, dict(batch))
+    return [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_split_chunks_give_the_same_gradients(tmp_path, tiny_model_dir, accumulation):
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir, dropout=0.0, attention_dropout=0.0,
+                                                  activation_dropout=0.0)
+    model.accepts_loss_kwargs = False
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = read_dialogues(REPO_ROOT / "data/dialogsum-mini/train.csv", require_summary=True, limit=4)
+    data = tokenize_split(rows, tokenizer, max_source_length=64, max_target_length=16, with_labels=True, cache_dir=None)
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    batch = collator([data[i] for i in range(4)])
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                    per_device_train_batch_size=4, gradient_accumulation_steps=accumulation)
+    trainer = OOMBackoffTrainer(model=model, args=args, processing_class=tokenizer, recorder=NullRecorder())
+    trainer.current_gradient_accumulation_steps = accumulation  # what the training loop sets before each step
+    whole = _grads_after_step(trainer, batch, 1)
+    split = _grads_after_step(trainer, batch, 4)
+    assert len(whole) == len(split) > 0
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_injected_oom_on_one_rank_backs_off_on_all_ranks_under_deepspeed(tmp_path, tiny_model_dir):
+    config = small_config(tmp_path, tiny_model_dir,
+                          training={"max_steps": 6, "eval_strategy": "no", "global_batch_size": 8},
+                          callbacks=[{"path": "oom_injection:InjectOOM", "kwargs": {"step": 2, "rank": 1}}])
+    proc = run_dialsum("launch", str(config), "--nproc", "2", env={"PYTHONPATH": str(REPO_ROOT / "tests")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
+    [summary] = tracker.list_runs()
+    run = tracker.get_run(summary["run_id"])
+    assert run["status"] == "completed"
+    events = [e for e in run["events"] if e["kind"] == "oom_backoff"]
+    assert len(events) == 1, "one agreed backoff, recorded once by rank 0"
+    assert events[0]["step"] == 2
+    assert events[0]["data"] == {"micro_batch_size": 2, "chunks_per_batch": 2, "gradient_accumulation_steps": 2,
+                                 "global_batch_size": 8}
+    losses = {h["step"]: h["train/loss"] for h in run["history"] if "train/loss" in h}
+    assert max(losses) == 6 and all(loss == loss and loss < 20 for loss in losses.values())
