@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--max-source", type=int, required=True)
     p.add_argument("--max-target", type=int, required=True)
     p.add_argument("--deepspeed", default="", help="DeepSpeed config JSON file; empty: no DeepSpeed")
+    p.add_argument("--cuda", action="store_true", help="train on the GPU (default: CPU ranks)")
+    p.add_argument("--count-tokens", action="store_true", help="count input tokens (for tokens/s)")
     a = p.parse_args()
 
     with open(a.train, newline="", encoding="utf-8-sig") as fh:
@@ -47,10 +49,10 @@ def main() -> None:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = Seq2SeqTrainingArguments(
-        output_dir=a.out, seed=a.seed, use_cpu=True, deepspeed=json.load(open(a.deepspeed)) if a.deepspeed else None,
+        output_dir=a.out, seed=a.seed, use_cpu=not a.cuda, deepspeed=json.load(open(a.deepspeed)) if a.deepspeed else None,
         per_device_train_batch_size=a.global_batch // world, learning_rate=a.lr, max_steps=a.steps,
         logging_steps=a.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
-        average_tokens_across_devices=False,
+        average_tokens_across_devices=False, include_num_input_tokens_seen="non_padding" if a.count_tokens else "no",
     )
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),

@@ -21,6 +21,8 @@ class StepTimer(TrainerCallback):
         self.first_step_begin_wall: float | None = None  # time.time(): comparable with a parent process's clock
         self.step_ends: list[float] = []                 # time.perf_counter() at each optimizer step's end
         self.losses: list[tuple[int, float]] = []
+        self.tokens: list[int] = []                      # state.num_input_tokens_seen at each step end (0: not counted)
+        self.peak_memory_bytes: int | None = None        # CUDA max allocated on rank 0 (None on CPU)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step_begin_wall is None:
@@ -28,6 +30,7 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.perf_counter())
+        self.tokens.append(int(state.num_input_tokens_seen or 0))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -36,10 +39,15 @@ class StepTimer(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if int(os.environ.get("RANK", "0")) != 0:
             return
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out.with_name(f".{self.out.name}.tmp")
         tmp.write_text(json.dumps({"first_step_begin_wall": self.first_step_begin_wall, "step_ends": self.step_ends,
-                                   "losses": self.losses, "world_size": args.world_size}))
+                                   "losses": self.losses, "world_size": args.world_size,
+                                   "tokens": self.tokens, "peak_memory_bytes": self.peak_memory_bytes}))
         os.replace(tmp, self.out)
 
 
@@ -49,3 +57,9 @@ def steady_step_time(timing: dict, warmup: int) -> float:
     if len(ends) <= warmup + 1:
         raise ValueError(f"{len(ends)} steps timed; need more than warmup + 1 = {warmup + 1}")
     return (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
+
+
+def steady_tokens_per_s(timing: dict, warmup: int) -> float:
+    """Counted tokens (all ranks) per second over the steps after `warmup`; 0 when tokens were not counted."""
+    ends, tokens = timing["step_ends"], timing["tokens"]
+    return (tokens[-1] - tokens[warmup]) / (ends[-1] - ends[warmup])

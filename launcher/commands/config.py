@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--explain", action="store_true", help="table of key | value | layer that set it")
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML / a table")
     show.set_defaults(func=run)
+    reference = actions.add_parser("reference", help="print every config key (type, default, allowed, meaning) as markdown")
+    reference.set_defaults(func=run_reference)
 
 
 def _redact(value: Any) -> Any:
@@ -46,6 +48,13 @@ def _print_table(loaded: LoadedConfig) -> None:
     for key, value, layer in explain_rows(loaded):
         table.add_row(key, json.dumps(_redact(value), ensure_ascii=False), layer, style=None if layer == "default" else "cyan")
     Console().print(table)
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    from engine.config_reference import config_reference_markdown
+
+    print(config_reference_markdown(), end="")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

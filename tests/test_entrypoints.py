@@ -1,0 +1,83 @@
+"""Every way users start ranks, on real DeepSpeed CPU ranks: `accelerate launch -m engine`, `dialsum launch` with one
+rank, and two `dialsum launch` "nodes" on localhost meeting through static rendezvous. Each leaves exactly one run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from engine.store import Tracker, open_store
+from launch_helpers import REPO_ROOT, run_dialsum, small_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def the_run(tmp_path) -> dict:
+    tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
+    runs = tracker.list_runs()
+    assert len(runs) == 1, "exactly one run"
+    return tracker.get_run(runs[0]["run_id"])
+
+
+def assert_completed(run: dict, world_size: int) -> None:
+    assert run["status"] == "completed"
+    assert run["plan"]["world_size"] == world_size and run["plan"]["use_deepspeed"]
+    assert run["plan"]["global_batch_size"] == 8
+    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16
+
+
+def test_accelerate_launch_runs_engine_as_two_ranks(tmp_path, tiny_model_dir):
+    config = small_config(tmp_path, tiny_model_dir)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/one_node.yaml"),
+                           "--main_process_port", str(free_port()), "-m", "engine", "--config", str(config)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DIALSUM_RUN_ID": "accel"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = the_run(tmp_path)
+    assert run["run_id"] == "accel"
+    assert_completed(run, world_size=2)
+    assert run["plan"]["gradient_accumulation_steps"] * run["plan"]["micro_batch_size"] * 2 == 8
+
+
+def test_single_rank_launch(tmp_path, tiny_model_dir):
+    config = small_config(tmp_path, tiny_model_dir)
+    proc = run_dialsum("launch", str(config), "--nproc", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = the_run(tmp_path)
+    assert_completed(run, world_size=1)
+    assert (tmp_path / "out" / "runs" / run["run_id"] / "model" / "model.safetensors").exists()
+    assert (tmp_path / "out" / "runs" / run["run_id"] / "predictions.csv").exists()
+
+
+def test_two_nodes_on_localhost_static_rendezvous(tmp_path, tiny_model_dir):
+    config = small_config(tmp_path, tiny_model_dir)
+    port = str(free_port())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_RUN_ID": "twonodes"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "1",
+                               "--nnodes", "2", "--node-rank", str(r), "--master-addr", "127.0.0.1",
+                               "--master-port", port], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    run = the_run(tmp_path)
+    assert run["run_id"] == "twonodes" and run["plan"]["nnodes"] == 2
+    assert_completed(run, world_size=2)
+
+
+def test_multi_node_launch_without_a_shared_run_id_is_a_user_error(tmp_path, tiny_model_dir):
+    config = small_config(tmp_path, tiny_model_dir)
+    env = {k: v for k, v in os.environ.items() if k != "DIALSUM_RUN_ID"}
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nnodes", "2",
+                           "--master-addr", "127.0.0.1"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--run-id" in proc.stderr and "Traceback" not in proc.stderr
