@@ -5,7 +5,7 @@
 """
 from engine.store.checkpoint import extract_checkpoint_metadata
 from engine.store.db import SCHEMA_VERSION, Store, open_store, resolve_store_uri
-from engine.store.redact import redact
+from engine.redact import redact
 from engine.store.registry import Registry, parse_model_ref
 from engine.store.tracker import Tracker
 

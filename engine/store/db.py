@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from engine.errors import UserError
-from engine.store.redact import redact_text as display_uri
+from engine.redact import redact_text as display_uri
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, func, select
 
 from engine.errors import UserError
 from engine.store.db import Store, alias_audit, aliases, finite_or_none, iso, model_versions, models, now
-from engine.store.redact import redact
+from engine.redact import redact
 
 BEST, LATEST = "best", "latest"
 RESERVED_ALIASES = (BEST, LATEST)

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, select
 
 from engine.errors import UserError
 from engine.store.db import Store, events, finite_or_none, iso, latest_metrics, metrics, now, runs
-from engine.store.redact import redact, redact_text
+from engine.redact import redact, redact_text
 
 FINAL_STATUSES = ("completed", "failed", "killed", "preempted")
 STATUSES = ("created", "running", "crashed") + FINAL_STATUSES

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-from typing import Any
 
 import yaml
 
+from engine.redact import redact
 from engine.config import LoadedConfig, add_config_arguments, explain_rows, load_from_args
 
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^/@\s]+@")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,17 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     reference.set_defaults(func=run_reference)
 
 
-def _redact(value: Any) -> Any:
-    """Hide passwords in URLs (tracking.uri may be postgresql://user:secret@host/db): output lands in logs."""
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1***@", value)
-    if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
-
-
 def _print_table(loaded: LoadedConfig) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -46,7 +33,7 @@ def _print_table(loaded: LoadedConfig) -> None:
     table.add_column("value", overflow="fold")
     table.add_column("layer", overflow="fold")
     for key, value, layer in explain_rows(loaded):
-        table.add_row(key, json.dumps(_redact(value), ensure_ascii=False), layer, style=None if layer == "default" else "cyan")
+        table.add_row(key, json.dumps(redact(value), ensure_ascii=False), layer, style=None if layer == "default" else "cyan")
     Console().print(table)
 
 
@@ -60,12 +47,12 @@ def run_reference(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     if args.explain and args.json:
-        rows = [{"key": k, "value": _redact(v), "layer": layer} for k, v, layer in explain_rows(loaded)]
+        rows = [{"key": k, "value": redact(v), "layer": layer} for k, v, layer in explain_rows(loaded)]
         print(json.dumps(rows, indent=2))
     elif args.explain:
         _print_table(loaded)
     elif args.json:
-        print(json.dumps(_redact(loaded.to_dict()), indent=2))
+        print(json.dumps(redact(loaded.to_dict()), indent=2))
     else:
-        print(yaml.safe_dump(_redact(loaded.to_dict()), sort_keys=False, allow_unicode=True), end="")
+        print(yaml.safe_dump(redact(loaded.to_dict()), sort_keys=False, allow_unicode=True), end="")
     return 0

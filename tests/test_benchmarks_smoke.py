@@ -1,0 +1,72 @@
+"""Each benchmark script runs end to end with tiny sizes (`--quick`) and prints its markdown table.
+
+No timing is asserted: benchmarks are scripts, never timed tests. The ones that launch ranks are marked slow."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / script), "--quick", *args], cwd=BENCH_DIR,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The data rows of the printed markdown table (header and separator dropped)."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(lines) >= 3, out
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_planner_bench_plans_a_model_from_a_dict():
+    rows = table_rows(run_bench("bench_planner.py"))
+    assert len(rows) == 1 and rows[0][0].startswith("BART 7B widths")
+    assert "ZeRO-" in rows[0][-1]
+
+
+def test_tokenize_bench_reports_cold_and_cached(tmp_path):
+    out = run_bench("bench_tokenize.py")
+    steps = [r[0] for r in table_rows(out)]
+    assert any("cold" in s for s in steps) and any("cached" in s for s in steps)
+    assert "300 dialogues" in out
+
+
+def test_tokenize_bench_takes_a_train_file(tmp_path, mini_data):
+    out = run_bench("bench_tokenize.py", "--train", str(mini_data["dev_csv"]))
+    assert "100 dialogues" in out and str(mini_data["dev_csv"]) in out
+
+
+def test_tracking_bench_times_the_recorder():
+    rows = table_rows(run_bench("bench_tracking.py"))
+    assert [r[0].split(":")[0] for r in rows][0] == "anchor"
+    assert rows[-1][0].startswith("dialsum") and rows[-1][-1] in ("met", "MISSED")
+
+
+def test_gpu_bench_exits_cleanly_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA-less path is not what runs here")
+    out = run_bench("bench_gpu.py")
+    assert "no CUDA device" in out
+
+
+@pytest.mark.slow
+def test_engine_vs_trainer_bench_gets_the_same_loss(tmp_path):
+    rows = table_rows(run_bench("bench_engine_vs_trainer.py", "--workdir", str(tmp_path), timeout=600))
+    assert len(rows) == 1 and rows[0][0] == "1"
+    assert rows[0][7] == "yes", rows  # same final loss on both sides
+
+
+@pytest.mark.slow
+def test_launcher_startup_bench_runs_both_sides(tmp_path):
+    rows = table_rows(run_bench("bench_launcher_startup.py", "--workdir", str(tmp_path), timeout=600))
+    assert len(rows) == 2 and "torchrun" in rows[0][0] and "dialsum launch" in rows[1][0]
