@@ -59,6 +59,14 @@ def steady_step_time(timing: dict, warmup: int) -> float:
     return (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
 
 
+def median_step_time(timing: dict, warmup: int) -> float:
+    """Median seconds of one step after `warmup`: robust to bursts of load from other processes, but it leaves out the
+    logging steps' extra cost, which the mean (`steady_step_time`) includes."""
+    ends = timing["step_ends"][warmup:]
+    gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+    return gaps[len(gaps) // 2]
+
+
 def steady_tokens_per_s(timing: dict, warmup: int) -> float:
     """Counted tokens (all ranks) per second over the steps after `warmup`; 0 when tokens were not counted."""
     ends, tokens = timing["step_ends"], timing["tokens"]

@@ -61,7 +61,10 @@ class WandbRun:
 
             artifact = wandb.Artifact(name=name, type="model", metadata={"registry_version": version, **metrics})
             artifact.add_dir(str(model_dir))
-            self.run.log_artifact(artifact, aliases=[f"v{version}", "latest"])
+            logged = self.run.log_artifact(artifact, aliases=[f"v{version}", "latest"])
+            if self.cfg.tracking.wandb_mode == "online":  # offline artifacts cannot be linked until synced
+                logged.wait()
+                self.run.link_artifact(logged, target_path=f"wandb-registry-model/{name}")
 
         if self.run is not None:
             self._guard("artifact", _log)

@@ -63,7 +63,7 @@ def test_gpu_bench_exits_cleanly_without_cuda():
 def test_engine_vs_trainer_bench_gets_the_same_loss(tmp_path):
     rows = table_rows(run_bench("bench_engine_vs_trainer.py", "--workdir", str(tmp_path), timeout=600))
     assert len(rows) == 1 and rows[0][0] == "1"
-    assert rows[0][7] == "yes", rows  # same final loss on both sides
+    assert rows[0][8] == "yes", rows  # same final loss on both sides
 
 
 @pytest.mark.slow

@@ -16,8 +16,10 @@ from launch_helpers import REPO_ROOT, run_dialsum, small_config, wandb_history
 @pytest.mark.slow
 def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_model_dir):
     config = small_config(tmp_path, tiny_model_dir)
-    proc = run_dialsum("launch", str(config), "--nproc", "2")
+    secret = "sekrit-4f1c9a"  # what a user's key looks like in the environment; it must land nowhere
+    proc = run_dialsum("launch", str(config), "--nproc", "2", env={"WANDB_API_KEY": secret, "HF_TOKEN": secret})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
 
     out = tmp_path / "out"
     store = open_store(f"sqlite:///{out / 'dialsum.db'}")
@@ -56,6 +58,9 @@ def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_m
     history = json.loads(plan.stdout)["past_predictions"]
     assert [h["run_id"] for h in history] == [run["run_id"]]
     assert history[0]["measured_bytes"] == max(peaks[0]["peak_bytes_per_rank"])
+
+    leaked = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == [], f"secret written to {leaked}"
 
     # The registered metrics are the ROUGE of exactly these predictions against the dev references.
     refs = [d.references for d in read_dialogues(REPO_ROOT / "data/dialogsum-mini/dev.csv", require_summary=True, limit=12)]

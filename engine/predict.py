@@ -1,0 +1,109 @@
+"""`dialsum predict`: a registered checkpoint summarizes a dialogue file into a submission CSV (`fname,summary`).
+
+Generation uses the config's `generation` and `data` settings, so a submission is produced the way evaluation produced
+the scores the registry recorded. Dialogues are batched longest first (little padding, and an out-of-memory batch shows
+up at once, not at the end) while the output keeps the input order.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.data import SummarizationDataset, read_dialogues, tokenize_split
+from engine.errors import UserError
+from engine.schema import DialsumConfig, GenerationConfig, ModelConfig
+
+
+@dataclass
+class PredictResult:
+    out_path: Path
+    num_rows: int
+    model_ref: str  # NAME:VERSION the reference resolved to
+    checkpoint_dir: str
+    device: str
+    seconds: float
+
+
+def generation_kwargs(g: GenerationConfig) -> dict[str, Any]:
+    """`model.generate` keyword arguments for the configured settings. Lengths count generated tokens only (the
+    decoder start token excluded); sampling is off so a submission is reproducible; `early_stopping` is a beam-search
+    flag and transformers rejects it with greedy search."""
+    return {
+        "num_beams": g.num_beams,
+        "max_new_tokens": g.max_new_tokens,
+        "min_new_tokens": g.min_new_tokens,
+        "length_penalty": g.length_penalty,
+        "no_repeat_ngram_size": g.no_repeat_ngram_size,
+        "early_stopping": g.early_stopping if g.num_beams > 1 else False,
+        "do_sample": False,
+    }
+
+
+def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
+    """The registry version `model_ref` (NAME, NAME:VERSION, NAME@ALIAS) names in the config's store; its checkpoint
+    directory must still exist."""
+    from engine.recorder import store_uri
+    from engine.store import Registry, open_store, parse_model_ref
+
+    name, ref = parse_model_ref(model_ref)
+    with open_store(store_uri(cfg), create=False) as store:
+        version = Registry(store).get(name, ref)
+    checkpoint = Path(version["checkpoint_dir"])
+    if not (checkpoint / "config.json").is_file():
+        raise UserError(f"model {version['ref']}: checkpoint directory {checkpoint} is missing or has no config.json")
+    return version
+
+
+def summarize(model, tokenizer, dataset: SummarizationDataset, generation: GenerationConfig, *, batch_size: int,
+              progress: bool = True) -> list[str]:
+    """Generated summaries for every dialogue of `dataset`, in dataset order (batches sorted longest first)."""
+    from tqdm import tqdm
+
+    from engine.modeling import decode_summaries
+
+    device = next(model.parameters()).device
+    kwargs = generation_kwargs(generation)
+    items = [dataset[i] for i in range(len(dataset))]
+    order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
+    summaries = [""] * len(items)
+    with torch.inference_mode(), tqdm(total=len(items), unit="dialogue", file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = tokenizer.pad([items[i] for i in rows], return_tensors="pt").to(device)
+            generated = model.generate(**batch, **kwargs)
+            for i, text in zip(rows, decode_summaries(tokenizer, generated)):
+                summaries[i] = text
+            bar.update(len(rows))
+    return summaries
+
+
+def predict(cfg: DialsumConfig, model_ref: str, input_path: str | Path, out_path: str | Path, *,
+            batch_size: int = 16, progress: bool = True) -> PredictResult:
+    """Load the registered checkpoint, summarize `input_path` (CSV/JSONL with fname, dialogue) and write
+    `fname,summary` to `out_path` atomically."""
+    from engine.best import write_predictions_csv
+    from engine.modeling import load_model_and_tokenizer
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
+    started = time.perf_counter()
+    dialogues = read_dialogues(input_path, require_summary=False, key="--input")
+    version = resolve_model(cfg, model_ref)
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=version["checkpoint_dir"]),
+                                                extra_special_tokens=[])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    d = cfg.data
+    dataset = tokenize_split(dialogues, tokenizer, max_source_length=d.max_source_length,
+                             max_target_length=d.max_target_length, source_prefix=d.source_prefix,
+                             with_labels=False, cache_dir=None)
+    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, progress=progress)
+    out = write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries)
+    return PredictResult(out_path=out, num_rows=len(summaries), model_ref=version["ref"],
+                         checkpoint_dir=version["checkpoint_dir"], device=str(device),
+                         seconds=time.perf_counter() - started)
