@@ -50,6 +50,11 @@ def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_m
         rows = list(csv.DictReader(fh))
     assert [r["fname"] for r in rows] == [f"dev_{i}" for i in range(12)]
     assert all(set(r) == {"fname", "summary"} for r in rows)
+    # System metrics of every rank, gathered to rank 0 at each train log (other ranks never write).
+    system = [h for h in run["history"] if "train/loss" in h]
+    assert all(h["rank0/memory/rss_bytes"] > 0 and h["rank1/memory/rss_bytes"] > 0 for h in system)
+    assert all("rank1/system/cpu_percent" in h for h in system)
+
     # Predicted vs measured peak memory is on the run, and `dialsum plan` shows it for the next run of this model.
     peaks = [e["data"] for e in run["events"] if e["kind"] == "memory_peaks"]
     assert len(peaks) == 1 and len(peaks[0]["peak_bytes_per_rank"]) == 2 and peaks[0]["predicted_bytes"] > 0

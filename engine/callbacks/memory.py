@@ -1,7 +1,8 @@
-"""Per-rank memory: current and peak (CUDA allocated/reserved on GPU, process RSS on CPU), peaks gathered to rank 0.
+"""Per-rank system metrics: memory now and at peak (CUDA allocated/reserved on GPU, process RSS on CPU) and CPU/GPU
+utilisation, gathered from all ranks to rank 0 through torch.distributed (other ranks never write).
 
-`gather_peak_bytes` is a collective: every rank calls it (the tracker does so in `on_train_end`, which all ranks run),
-never inside rank-0-only code.
+`gather_objects` is a collective: every rank calls it (in `on_log` and `on_train_end`, which all ranks run), never
+inside rank-0-only code.
 """
 from __future__ import annotations
 
@@ -51,14 +52,39 @@ def memory_snapshot() -> dict[str, float]:
     return metrics
 
 
-def gather_peak_bytes() -> list[int]:
-    """Every rank's peak, indexed by rank (a collective when torch.distributed is initialised: call on all ranks)."""
-    peak = local_peak_bytes()
+def _gpu_utilization_percent() -> float | None:
+    """This rank's GPU busy percentage from NVML (None when NVML or a driver is missing)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # NVML absent or not permitted: utilisation is optional
+        return None
+
+
+def system_snapshot() -> dict[str, float]:
+    """This rank's memory (see memory_snapshot) and CPU/GPU utilisation."""
+    metrics = memory_snapshot()
+    metrics["system/cpu_percent"] = float(psutil.Process().cpu_percent(interval=None))
+    if _on_cuda() and (gpu := _gpu_utilization_percent()) is not None:
+        metrics["system/gpu_percent"] = gpu
+    return metrics
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, indexed by rank (a collective when torch.distributed is initialised: call on all ranks)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [peak]
-    peaks: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(peaks, peak)
-    return [int(p) for p in peaks]
+        return [obj]
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def gather_peak_bytes() -> list[int]:
+    """Every rank's peak, indexed by rank (a collective: call on all ranks)."""
+    return [int(p) for p in gather_objects(local_peak_bytes())]
 
 
 class MemoryTracker(TrainerCallback):
@@ -79,8 +105,15 @@ class MemoryTracker(TrainerCallback):
         return int(predicted - self.plan_memory.get("overhead_bytes_per_gpu", 0)) if _on_cuda() else int(predicted)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:  # train logs only; eval logs at the same step would duplicate
-            self.recorder.log_metrics(state.global_step, memory_snapshot())
+        """At each train log every rank contributes its snapshot (a gather all ranks run); rank 0's recorder writes
+        rank 0's values under their own names and every rank's under `rank<i>/`."""
+        if not (logs and "loss" in logs):  # train logs only; eval logs at the same step would duplicate
+            return
+        snapshots = gather_objects(system_snapshot())
+        metrics = dict(snapshots[0])
+        for rank, snapshot in enumerate(snapshots):
+            metrics.update({f"rank{rank}/{key}": value for key, value in snapshot.items()})
+        self.recorder.log_metrics(state.global_step, metrics)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.peaks = gather_peak_bytes()
