@@ -30,13 +30,16 @@ class PredictResult:
 
 
 def generation_kwargs(g: GenerationConfig) -> dict[str, Any]:
-    """`model.generate` keyword arguments for the configured settings. Lengths count generated tokens only (the
-    decoder start token excluded); sampling is off so a submission is reproducible; `early_stopping` is a beam-search
-    flag and transformers rejects it with greedy search."""
+    """`model.generate` keyword arguments for the configured settings, as evaluation applies them: lengths as
+    max_length/min_length, where the decoder start token counts (so N new tokens is N + 1), and any
+    max_new_tokens/min_new_tokens saved with the checkpoint cleared, since they would override them. Sampling is off
+    so a submission is reproducible; `early_stopping` is a beam-search flag that greedy search rejects."""
     return {
         "num_beams": g.num_beams,
-        "max_new_tokens": g.max_new_tokens,
-        "min_new_tokens": g.min_new_tokens,
+        "max_length": g.max_new_tokens + 1,
+        "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0,
+        "max_new_tokens": None,
+        "min_new_tokens": None,
         "length_penalty": g.length_penalty,
         "no_repeat_ngram_size": g.no_repeat_ngram_size,
         "early_stopping": g.early_stopping if g.num_beams > 1 else False,
@@ -83,7 +86,7 @@ def summarize(model, tokenizer, dataset: SummarizationDataset, generation: Gener
 
 
 def predict(cfg: DialsumConfig, model_ref: str, input_path: str | Path, out_path: str | Path, *,
-            batch_size: int = 16, progress: bool = True) -> PredictResult:
+            batch_size: int = 16) -> PredictResult:
     """Load the registered checkpoint, summarize `input_path` (CSV/JSONL with fname, dialogue) and write
     `fname,summary` to `out_path` atomically."""
     from engine.best import write_predictions_csv
@@ -102,7 +105,7 @@ def predict(cfg: DialsumConfig, model_ref: str, input_path: str | Path, out_path
     dataset = tokenize_split(dialogues, tokenizer, max_source_length=d.max_source_length,
                              max_target_length=d.max_target_length, source_prefix=d.source_prefix,
                              with_labels=False, cache_dir=None)
-    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, progress=progress)
+    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size)
     out = write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries)
     return PredictResult(out_path=out, num_rows=len(summaries), model_ref=version["ref"],
                          checkpoint_dir=version["checkpoint_dir"], device=str(device),

@@ -3,7 +3,9 @@ checkpoint is written at the next step boundary, after every rank agreed, never 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable
 
 from transformers import TrainerCallback
@@ -12,6 +14,9 @@ log = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# A signalled rank that reaches no step boundary in this time is stuck (typically in a collective with a dead peer,
+# when torch elastic is taking the group down): it exits so the group ends instead of waiting to be SIGKILLed.
+STEP_GRACE_S = float(os.environ.get("DIALSUM_STEP_GRACE_S", "30"))
 
 
 class PreemptionCallback(TrainerCallback):
@@ -22,14 +27,21 @@ class PreemptionCallback(TrainerCallback):
         self.all_reduce_flag = all_reduce_flag
         self.signal_name: str | None = None
         self.preempted_at: int | None = None
+        self._watchdog: threading.Timer | None = None
         for sig in PREEMPT_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(STEP_GRACE_S, os._exit, args=(128 + signum,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.all_reduce_flag(self.signal_name is not None):
+            if self._watchdog is not None:
+                self._watchdog.cancel()  # at the boundary: the checkpoint gets the launcher's whole grace period
             log.warning("preemption requested (%s): checkpointing at step %d and stopping",
                         self.signal_name or "another rank", state.global_step)
             self.preempted_at = state.global_step

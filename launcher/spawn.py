@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,8 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         backend, endpoint, rdzv_configs = "static", f"{master_addr}:{master_port}", {"rank": node_rank}
     config = LaunchConfig(
         min_nodes=plan.nnodes, max_nodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
-        run_id=f"dialsum-{plan.run_id}-{uuid.uuid4().hex[:6]}", rdzv_backend=backend, rdzv_endpoint=endpoint,
+        run_id=f"dialsum-{plan.run_id}",  # the same on every node: the key their rendezvous meets under
+        rdzv_backend=backend, rdzv_endpoint=endpoint,
         rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn",
         signals_to_handle=FORWARDED_SIGNALS, shutdown_timeout=SHUTDOWN_GRACE_S,
     )

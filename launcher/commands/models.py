@@ -5,11 +5,12 @@ Model references: `NAME` (latest version), `NAME:3` (version 3), `NAME@best` / `
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.store import Registry, parse_model_ref
-from launcher.commands.runs import open_from_args, print_json, print_table, store_arguments
+from engine.store import Registry, Tracker, parse_model_ref
+from launcher.commands.runs import open_from_args, plot_arguments, print_json, print_plots, print_table, store_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = models_sub.add_parser("compare", parents=[common], help="two versions of one model side by side")
     p.add_argument("a", metavar="NAME:A")
     p.add_argument("b", metavar="NAME:B")
+    plot_arguments(p, "<output-root>/reports/NAME-vA-vB")
     p = models_sub.add_parser("search", parents=[common], help="versions across models matching every filter")
     p.add_argument("--metric", help="only versions with this metric (sorted by it, highest first)")
     p.add_argument("--min", type=float, dest="min_value", help="with --metric: at least this value")
@@ -72,6 +74,8 @@ def _run(registry: Registry, args: argparse.Namespace) -> None:
         if name_a != name_b:
             raise UserError(f"models compare: {args.a!r} and {args.b!r} name different models")
         result = registry.compare(name_a, ref_a, ref_b)
+        if args.plot:
+            result["plots"] = _plot_versions(registry, [result["a"], result["b"]], args)
         if args.json:
             print_json(result)
         else:
@@ -80,6 +84,8 @@ def _run(registry: Registry, args: argparse.Namespace) -> None:
                         [[k, m["a"], m["b"], m["delta"]] for k, m in result["metrics"].items()])
             print_table(f"{name_a}: metadata that differs", ["key", a, b],
                         [[k, m["a"], m["b"]] for k, m in result["metadata"].items()])
+            if args.plot:
+                print_plots(result["plots"])
     elif action == "search":
         rows = registry.search(metric=args.metric, min_value=args.min_value, tag=args.tag,
                                architecture=args.architecture)
@@ -99,6 +105,17 @@ def _run(registry: Registry, args: argparse.Namespace) -> None:
         name, version = _version_ref(args.ref)
         registry.delete(name, version)
         print(f"deleted {name}:{version}")
+
+
+def _plot_versions(registry: Registry, versions: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """Metric bars of the versions, plus the training curves of their runs where the tracker has them."""
+    from engine.report import compare_models_figures, save_figures
+
+    tracker = Tracker(registry.store)
+    runs = [tracker.get_run(v["run_id"]) if tracker.exists(v["run_id"]) else None for v in versions]
+    name = versions[0]["name"].replace("/", "_")
+    out = args.out or Path(args.output_root) / "reports" / "-".join([name, *(f"v{v['version']}" for v in versions)])
+    return [str(p) for p in save_figures(compare_models_figures(versions, runs), out)]
 
 
 def _show(v: dict[str, Any], audit: list[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from engine.store import Store, Tracker, open_store, resolve_store_uri
@@ -76,7 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_id")
     p = runs_sub.add_parser("compare", parents=[common], help="params that differ and metrics side by side")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    plot_arguments(p, "<output-root>/reports/runs-A-B...")
     parser.set_defaults(func=run)
+
+
+def plot_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """--plot / --out of the `compare` actions."""
+    parser.add_argument("--plot", action="store_true", help="also write side-by-side PNG plots (curves, metric bars)")
+    parser.add_argument("--out", type=Path, help=f"with --plot: folder for the PNGs (default: {default_out})")
+
+
+def print_plots(paths: list[str]) -> None:
+    print(f"plots: {', '.join(paths) if paths else 'none (no curves or ROUGE metrics to draw)'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +112,12 @@ def _run(tracker: Tracker, args: argparse.Namespace) -> None:
         _show(tracker.get_run(args.run_id), args.json)
     else:
         result = tracker.compare(args.run_ids)
+        if args.plot:
+            from engine.report import compare_runs_figures, save_figures
+
+            out = args.out or Path(args.output_root) / "reports" / "-".join(["runs", *args.run_ids])
+            figures = compare_runs_figures([tracker.get_run(r) for r in args.run_ids])
+            result["plots"] = [str(p) for p in save_figures(figures, out)]
         if args.json:
             print_json(result)
             return
@@ -107,6 +125,8 @@ def _run(tracker: Tracker, args: argparse.Namespace) -> None:
                     [[k, *v] for k, v in result["params"].items()])
         print_table("metrics", ["metric", *result["run_ids"]],
                     [["status", *result["status"]], *([k, *v] for k, v in result["metrics"].items())])
+        if args.plot:
+            print_plots(result["plots"])
 
 
 def _show(r: dict[str, Any], as_json: bool) -> None:

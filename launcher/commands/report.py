@@ -1,0 +1,32 @@
+"""`dialsum report RUN_ID [--out DIR]`: PNG plots of a tracked run (loss, ROUGE, learning rate, grad norm, memory,
+throughput, anomalies marked) and a `report.md` with its key numbers."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from launcher.commands.runs import open_from_args, print_json, store_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", parents=[store_arguments()],
+                            help="plots and a markdown summary of one tracked run")
+    parser.add_argument("run_id", metavar="RUN_ID")
+    parser.add_argument("--out", type=Path, help="folder for the files (default: <output-root>/runs/RUN_ID/report)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.report import write_run_report
+    from engine.store import Tracker
+
+    with open_from_args(args) as store:
+        tracked = Tracker(store).get_run(args.run_id)
+    report = write_run_report(tracked, args.out or Path(args.output_root) / "runs" / args.run_id / "report")
+    if args.json:
+        print_json({"out_dir": str(report.out_dir), "files": [str(f) for f in report.files], "numbers": report.numbers})
+    else:
+        print(f"run {args.run_id}: wrote {len(report.files)} files to {report.out_dir}")
+        for path in report.files:
+            print(f"  {path}")
+    return 0
