@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import atomic_write_bytes
 from engine.errors import UserError
 
 PLACEHOLDER_RE = re.compile(r"#[A-Za-z][A-Za-z0-9_]*#")
@@ -212,16 +212,10 @@ def _load_cache(path: Path, n_rows: int, with_labels: bool) -> dict[str, np.ndar
 
 
 def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Temp file + rename: ranks tokenizing the same split at once each write a whole file; readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic: ranks tokenizing the same split at once each write a whole file; readers never see half."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _encode_sources(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_bytes, atomic_write_text
 from engine.rouge import METRIC_KEYS
 
 GIB = 2.0 ** 30
@@ -246,19 +244,6 @@ def compare_models_figures(versions: list[dict[str, Any]], runs: list[dict[str, 
 
 # ---------------------------------------------------------------------------------------------------- writing
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_figures(figures: dict[str, Figure], out_dir: str | Path, prefix: str = "") -> list[Path]:
     """Render each figure to `<out_dir>/<prefix><name>.png` (temp file + rename). Returns the paths."""
     out_dir = Path(out_dir)
@@ -268,7 +253,7 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path, prefix: str = 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         path = out_dir / f"{prefix}{name}.png"
-        _write_bytes_atomic(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
 
