@@ -98,3 +98,38 @@ def deepspeed_weights_only_resume():
         yield
     finally:
         hf_trainer.deepspeed_load_checkpoint = original
+
+
+# DeepSpeed's optimizer shards hold these plain data classes besides tensors; nothing else may be unpickled.
+DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.zero.config:ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+    "deepspeed.utils.tensor_fragment:fragment_address",
+)
+
+
+@contextlib.contextmanager
+def safe_deepspeed_loads():
+    """While active, DeepSpeed reads checkpoints with `torch.load(weights_only=True)` and the allowlist above instead
+    of its default full unpickling (deepspeed 0.19 passes weights_only=False), so a tampered checkpoint cannot run
+    code on resume; an unexpected class fails the load with its name."""
+    import importlib
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = []
+    for spec in DEEPSPEED_SAFE_GLOBALS:
+        module, name = spec.split(":")
+        allowed.append(getattr(importlib.import_module(module), name))
+    original = TorchCheckpointEngine.load
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    TorchCheckpointEngine.load = load
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original

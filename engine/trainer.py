@@ -5,6 +5,7 @@ Reads top to bottom: `create_trainer` (config -> plan) -> `prepare_data` (dialog
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -20,7 +21,8 @@ from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqT
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
-from engine.checkpointing import MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint, read_marker
+from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint,
+                                  read_marker, safe_deepspeed_loads)
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment
@@ -242,12 +244,13 @@ class DialogueSummarizationTrainer:
         recorder.log_event(marker["step"], "resumed", data)
         log.info("resuming from %s (saved on %s ranks, now %d)", checkpoint, marker.get("world_size"),
                  self.plan.world_size)
-        if same_world or not self.plan.use_deepspeed:
-            trainer.train(resume_from_checkpoint=str(checkpoint))
-            return
-        recorder.log_event(marker["step"], "resume_optimizer_reset",
-                           {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
-        with deepspeed_weights_only_resume():
+        with contextlib.ExitStack() as stack:
+            if self.plan.use_deepspeed:
+                stack.enter_context(safe_deepspeed_loads())
+                if not same_world:
+                    recorder.log_event(marker["step"], "resume_optimizer_reset",
+                                       {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
+                    stack.enter_context(deepspeed_weights_only_resume())
             trainer.train(resume_from_checkpoint=str(checkpoint))
 
     def _export_model(self, trainer) -> Path:
