@@ -32,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.plan import Plan
 
         if args.plan:
+            from engine.distributed import init_process_group
+
             plan = Plan.load(args.plan)
             os.environ.update(plan.env)
+            if plan.world_size > 1:  # env:// through the elastic agent's store, fresh for every restart attempt
+                init_process_group(plan.use_deepspeed)
         else:
             from engine.distributed import plan_for_this_process
 

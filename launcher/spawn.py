@@ -38,6 +38,9 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
     """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     os.environ.update(plan.env)
+    # A fresh TCPStore for every (re)started worker group: the shared rendezvous store keeps the dead group's gloo
+    # addresses, and a restarted rank then dials a dead peer ("connectFullMesh ... Connection refused").
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if plan.nnodes == 1 and master_addr is None:
         backend, endpoint, rdzv_configs = "c10d", "localhost:0", {}  # what `torchrun --standalone` does
     else:

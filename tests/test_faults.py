@@ -130,8 +130,6 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
     assert final_loss(run1) == pytest.approx(final_loss(uninterrupted), rel=0.25)
 
 
-@pytest.mark.xfail(strict=True, reason="known: the restarted group's gloo init (accelerate state) reads the first "
-                   "attempt's peer address and fails 'connectFullMesh ... Connection refused'; not yet diagnosed")
 def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir):
     """Rank 1 is killed at step 10 on the first attempt only; `--max-restarts 1` restarts the group, which resumes
     from checkpoint-8 (saved with the step-8 evaluation) and completes the same run."""

@@ -33,6 +33,7 @@ def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
 class Tracker:
     def __init__(self, store: Store):
         self.store = store
+        self._upserts = None
 
     # ----- writes -----
     def create_run(self, run_id: str, *, name: str, group: str = "", config: dict, plan: dict | None,
@@ -88,25 +89,33 @@ class Tracker:
         rows = [{"run_id": run_id, "key": k, "step": int(step), "value": finite_or_none(float(v)), "at": t}
                 for k, v in metrics_.items()]
 
+        history_upsert, latest_upsert = self._metric_upserts()
+
         def write(conn: Connection) -> None:
-            self._row(conn, run_id)
-            history = self.store.insert(metrics)
-            conn.execute(history.on_conflict_do_update(
-                index_elements=[metrics.c.run_id, metrics.c.key, metrics.c.step],
-                set_={"value": history.excluded.value, "at": history.excluded.at}), rows)
-            latest = self.store.insert(latest_metrics)
-            conn.execute(latest.on_conflict_do_update(
-                index_elements=[latest_metrics.c.run_id, latest_metrics.c.key],
-                set_={"step": latest.excluded.step, "value": latest.excluded.value},
-                where=latest.excluded.step >= latest_metrics.c.step),
-                [{k: r[k] for k in ("run_id", "key", "step", "value")} for r in rows])
+            self._check_exists(conn, run_id)
+            conn.execute(history_upsert, rows)
+            conn.execute(latest_upsert, [{k: r[k] for k in ("run_id", "key", "step", "value")} for r in rows])
 
         self.store.write(write)
+
+    def _metric_upserts(self):
+        """The two upserts of log_metrics, built once: building them per call cost most of a logged step."""
+        if self._upserts is None:
+            history = self.store.insert(metrics)
+            latest = self.store.insert(latest_metrics)
+            self._upserts = (
+                history.on_conflict_do_update(index_elements=[metrics.c.run_id, metrics.c.key, metrics.c.step],
+                                              set_={"value": history.excluded.value, "at": history.excluded.at}),
+                latest.on_conflict_do_update(index_elements=[latest_metrics.c.run_id, latest_metrics.c.key],
+                                             set_={"step": latest.excluded.step, "value": latest.excluded.value},
+                                             where=latest.excluded.step >= latest_metrics.c.step),
+            )
+        return self._upserts
 
     def log_event(self, run_id: str, step: int, kind: str, data: dict[str, Any]) -> None:
         """Something that happened at a step: an anomaly, an OOM backoff, a memory reading."""
         def write(conn: Connection) -> None:
-            self._row(conn, run_id)
+            self._check_exists(conn, run_id)
             conn.execute(events.insert().values(run_id=run_id, step=int(step), kind=kind, data=redact(data), at=now()))
 
         self.store.write(write)
@@ -114,7 +123,7 @@ class Tracker:
     # ----- reads -----
     def exists(self, run_id: str) -> bool:
         with self.store.read() as conn:
-            return conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is not None
+            return self._has_run(conn, run_id)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """Everything about a run: fields, config, plan, environment, summary, latest metrics, history, events."""
@@ -174,6 +183,15 @@ class Tracker:
                 raise UserError(f"no run {run_id!r} in {self.store.uri}")
 
         self.store.write(write)
+
+    @staticmethod
+    def _has_run(conn: Connection, run_id: str) -> bool:
+        return conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is not None
+
+    def _check_exists(self, conn: Connection, run_id: str) -> None:
+        """Cheap existence check for writes that only append (no JSON decoding of the run row)."""
+        if not self._has_run(conn, run_id):
+            raise UserError(f"no run {run_id!r} in {self.store.uri}")
 
     def _row(self, conn: Connection, run_id: str, lock: bool = False):
         """The run's row; `lock` holds it (PostgreSQL) for a read-modify-write."""
