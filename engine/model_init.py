@@ -12,7 +12,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import read_dialogues
 from engine.errors import UserError
 
 
@@ -82,6 +81,8 @@ def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out: {out_dir} already exists and is not empty (remove it or choose another directory)")
+
+    from engine.data import read_dialogues  # torch-heavy; keeps `dialsum --help` fast
 
     dialogues = read_dialogues(train_file, require_summary=True, key="--from-data")
     texts = [d.dialogue for d in dialogues] + [r for d in dialogues for r in d.references]

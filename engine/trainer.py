@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments, TrainerCallback
 
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker

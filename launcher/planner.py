@@ -12,6 +12,7 @@ would fit instead.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 from engine.config import LoadedConfig
@@ -311,8 +312,16 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         use_deepspeed=par.deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
         gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
-        reasons=reasons, memory=memory, env={"DS_ACCELERATOR": "cpu"} if device == "cpu" else {},
-        topology=topology.to_dict())
+        reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict())
+
+
+def _rank_env(device: str, topology: Topology, nproc: int) -> dict[str, str]:
+    """What the ranks must see: the CPU accelerator for DeepSpeed, and one share of the cores per rank (torchrun
+    sets OMP_NUM_THREADS=1 for several ranks; without a share, 2 ranks on 2 cores ran 4 compute threads)."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, topology.cpu_cores // nproc))}
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
 
 
 def _explain(s: Setting, par: ParallelConfig, c: Candidate, micro: int, fp: Footprint, per_rank: int) -> dict:

@@ -47,6 +47,11 @@ def topo(name: str) -> Topology:
     return load_topology(FIXTURES / f"{name}.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _no_thread_pin(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a user's own setting is kept by the planner
+
+
 def plan_for(model: str, topology: Topology | str, *, global_batch: int = 8, source_length: int = 512,
              nproc: int | None = None, nnodes: int | None = None, **pins) -> Plan:
     cfg = DialsumConfig()
@@ -100,7 +105,8 @@ def test_one_h100_bart_large_needs_no_partitioning(models):
     assert (plan.device, plan.backend, plan.precision, plan.world_size) == ("cuda", "nccl", "bf16", 1)
     assert plan.zero_stage in (0, 1) and not plan.offload_optimizer and not plan.offload_params
     assert not plan.gradient_checkpointing and plan.micro_batch_size == 8 and plan.gradient_accumulation_steps == 1
-    assert plan.env == {} and plan.topology["gpus"][0]["name"].startswith("NVIDIA H100")
+    assert plan.env == {"OMP_NUM_THREADS": "32"}  # one rank: all 32 cores of the fixture
+    assert plan.topology["gpus"][0]["name"].startswith("NVIDIA H100")
     assert "406.3M parameters" in plan.reasons["model"]
     assert "compute capability >= 8.0" in plan.reasons["precision"]
     assert plan.reasons["zero_stage"].startswith("0: model states fit")
@@ -148,7 +154,10 @@ def test_cpu_only_plans_fp32_on_gloo(models):
     plan = plan_for(models["bart-base"], "cpu-only")
     assert_consistent(plan)
     assert (plan.device, plan.backend, plan.precision, plan.nproc_per_node) == ("cpu", "gloo", "fp32", 1)
-    assert plan.env == {"DS_ACCELERATOR": "cpu"} and plan.zero_stage == 0 and not plan.offload_optimizer
+    assert plan.env == {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "16"} and plan.zero_stage == 0
+    assert not plan.offload_optimizer
+    two_ranks = plan_for(models["bart-base"], "cpu-only", nproc=2)
+    assert two_ranks.env["OMP_NUM_THREADS"] == "8", "each rank gets its share of the cores"
     assert plan.deepspeed_config["bf16"]["enabled"] is False
     assert "CPU default" in plan.reasons["precision"] and "CPU default" in plan.reasons["world_size"]
     two = plan_for(models["bart-base"], "cpu-only", nproc=2, precision="bf16")

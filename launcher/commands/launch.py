@@ -8,9 +8,6 @@ from pathlib import Path
 
 from engine.config import add_config_arguments, load_from_args
 from engine.errors import UserError
-from engine.data import read_dialogues
-from engine.distributed import new_run_id
-from launcher.plan import Plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_data(cfg) -> None:
     """Read every configured split once so bad data fails here, before any rank starts or any run is recorded."""
+    from engine.data import read_dialogues
+
     d = cfg.data
     read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
@@ -53,6 +52,7 @@ def read_sweep_params(path: str | None) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.distributed import new_run_id
     from launcher.planner import make_plan
     from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
