@@ -6,11 +6,13 @@ added as special tokens at load time and `decode_summaries` removes only the mod
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 from engine.data import PLACEHOLDER_RE
 from engine.errors import UserError
-from engine.schema import ModelConfig
+from engine.schema import GenerationConfig, ModelConfig
 
 
 def _looks_like_path(name: str) -> bool:
@@ -108,3 +110,21 @@ def decode_summaries(tokenizer, sequences) -> list[str]:
     kept = [[int(t) for t in row if int(t) not in drop] for row in rows]
     texts = tokenizer.batch_decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     return [" ".join(text.split()) for text in texts]
+
+
+def generation_kwargs(g: GenerationConfig) -> dict[str, Any]:
+    """`model.generate` keyword arguments for the configured settings, as evaluation applies them: lengths as
+    max_length/min_length, where the decoder start token counts (so N new tokens is N + 1), and any
+    max_new_tokens/min_new_tokens saved with the checkpoint cleared, since they would override them. Sampling is off
+    so a submission is reproducible; `early_stopping` is a beam-search flag that greedy search rejects."""
+    return {
+        "num_beams": g.num_beams,
+        "max_length": g.max_new_tokens + 1,
+        "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0,
+        "max_new_tokens": None,
+        "min_new_tokens": None,
+        "length_penalty": g.length_penalty,
+        "no_repeat_ngram_size": g.no_repeat_ngram_size,
+        "early_stopping": g.early_stopping if g.num_beams > 1 else False,
+        "do_sample": False,
+    }

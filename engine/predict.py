@@ -29,24 +29,6 @@ class PredictResult:
     seconds: float
 
 
-def generation_kwargs(g: GenerationConfig) -> dict[str, Any]:
-    """`model.generate` keyword arguments for the configured settings, as evaluation applies them: lengths as
-    max_length/min_length, where the decoder start token counts (so N new tokens is N + 1), and any
-    max_new_tokens/min_new_tokens saved with the checkpoint cleared, since they would override them. Sampling is off
-    so a submission is reproducible; `early_stopping` is a beam-search flag that greedy search rejects."""
-    return {
-        "num_beams": g.num_beams,
-        "max_length": g.max_new_tokens + 1,
-        "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0,
-        "max_new_tokens": None,
-        "min_new_tokens": None,
-        "length_penalty": g.length_penalty,
-        "no_repeat_ngram_size": g.no_repeat_ngram_size,
-        "early_stopping": g.early_stopping if g.num_beams > 1 else False,
-        "do_sample": False,
-    }
-
-
 def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
     """The registry version `model_ref` (NAME, NAME:VERSION, NAME@ALIAS) names in the config's store; its checkpoint
     directory must still exist."""
@@ -67,7 +49,7 @@ def summarize(model, tokenizer, dataset: SummarizationDataset, generation: Gener
     """Generated summaries for every dialogue of `dataset`, in dataset order (batches sorted longest first)."""
     from tqdm import tqdm
 
-    from engine.modeling import decode_summaries
+    from engine.modeling import decode_summaries, generation_kwargs
 
     device = next(model.parameters()).device
     kwargs = generation_kwargs(generation)

@@ -26,7 +26,7 @@ from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment
-from engine.modeling import decode_summaries, load_model_and_tokenizer
+from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer, any_rank_flag
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
@@ -146,18 +146,6 @@ class DialogueSummarizationTrainer:
             save_only_model=False,
         )
 
-    def _apply_generation_config(self) -> None:
-        """Generation settings on the model's GenerationConfig, which the Seq2SeqTrainer uses for evaluation. Lengths
-        are given as max_length/min_length (the decoder start token counts), so no length setting conflicts."""
-        g = self.cfg.generation
-        gen = self.model.generation_config
-        gen.num_beams = g.num_beams
-        gen.max_length = g.max_new_tokens + 1
-        gen.min_length = g.min_new_tokens + 1 if g.min_new_tokens else 0
-        gen.length_penalty = g.length_penalty
-        gen.no_repeat_ngram_size = g.no_repeat_ngram_size
-        gen.early_stopping = g.early_stopping if g.num_beams > 1 else False  # beam-only flag; invalid otherwise
-
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
         result = TrainResult(run_id=plan.run_id)
@@ -169,7 +157,8 @@ class DialogueSummarizationTrainer:
         recorder.start()
         trainer = None
         try:
-            self._apply_generation_config()
+            # evaluation generates with the configured settings (the Seq2SeqTrainer reads model.generation_config)
+            self.model.generation_config.update(**generation_kwargs(cfg.generation))
             best = BestTracker(cfg.training.metric_for_best_model, cfg.training.greater_is_better,
                                self.run_dir / "predictions.csv", datasets.eval.fnames)
 

@@ -142,7 +142,7 @@ def test_bad_input_and_batch_size_exit_2(project, capsys, tmp_path):
 
 
 def test_generation_kwargs_follow_config():
-    from engine.predict import generation_kwargs
+    from engine.modeling import generation_kwargs
     from engine.schema import GenerationConfig
 
     beams = generation_kwargs(GenerationConfig(num_beams=4, max_new_tokens=50, min_new_tokens=5, early_stopping=True))
