@@ -145,3 +145,21 @@ def test_activations_scale_with_batch_checkpointing_precision_and_logits():
     assert activation_bytes(bigger_vocab, micro_batch=1, precision="bf16", checkpointing=False, **kw) - one == \
         10 * 128 * (250112 - spec.vocab_size)
     assert activation_bytes(bare_spec(10**9), micro_batch=8, precision="bf16", checkpointing=False, **kw) == 0
+
+
+def test_local_model_spec_is_cached_by_config_hash(tmp_path, monkeypatch, tiny_model_dir):
+    import shutil
+
+    from launcher.memory import model_spec, spec_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    first = model_spec(model)
+    assert [p.name for p in spec_cache_dir().iterdir()] != []
+    assert model_spec(model) == first
+    config = model / "config.json"
+    config.write_text(config.read_text().replace('"d_model": 64', '"d_model": 128'))
+    bigger = model_spec(model)
+    assert bigger.hidden_size == 128 and bigger.params > first.params  # a changed config is a new key, not stale
+    assert len(list(spec_cache_dir().iterdir())) == 2
