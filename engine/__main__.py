@@ -10,7 +10,23 @@ import sys
 from engine.errors import UserError
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this rank SIGTERM when its launcher (torch elastic's agent, torchrun, srun) dies, so a
+    SIGKILLed launcher leaves no rank training on alone (torch elastic starts ranks in their own sessions). SIGTERM is
+    the preemption signal: the ranks checkpoint at the next step end and stop."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m engine")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", help="Plan JSON written by `dialsum launch`.")

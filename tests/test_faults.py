@@ -144,3 +144,36 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_d
     assert resumed["step"] == 8 and resumed["data"]["checkpoint"] == "checkpoint-8"
     assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16
     assert [step for step, _ in checkpoints(tmp_path / "out" / "runs" / run["run_id"] / "checkpoints")][-1] == 16
+
+
+def test_sigkilled_launcher_leaves_no_rank_behind(tmp_path, tiny_model_dir):
+    """Ranks run in their own sessions, so killing the launcher alone used to leave them training; now each rank
+    gets SIGTERM when its parent dies, checkpoints at the next step end and stops: the run says `preempted`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from launch_helpers import REPO_ROOT
+
+    config = config_with(tmp_path, tiny_model_dir, training={"max_steps": 400, "eval_strategy": "no"})
+    launcher = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "2"],
+                                cwd=REPO_ROOT, env={**os.environ, "DIALSUM_STEP_GRACE_S": "10"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = tmp_path / "out" / "dialsum.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until both ranks are training (rank 0 has logged steps)
+        if db.exists() and (runs := Tracker(open_store(f"sqlite:///{db}")).list_runs()):
+            if any("train/loss" in h for h in Tracker(open_store(f"sqlite:///{db}")).get_run(runs[0]["run_id"])["history"]):
+                break
+        time.sleep(1)
+    assert len(engine_processes(tmp_path)) == 2, "both ranks should be running"
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while engine_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_processes(tmp_path) == [], "ranks outlived their launcher"
+    run = only_run(tmp_path)
+    assert run["status"] == "preempted"
+    assert latest_checkpoint(tmp_path / "out" / "runs" / run["run_id"] / "checkpoints") is not None
