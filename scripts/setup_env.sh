@@ -10,8 +10,12 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+quiet_pip() {  # pip's notes about unreadable local index folders are noise; real errors still fail the script
+  python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  return "${PIPESTATUS[0]}"
+}
 if [ -z "${DIALSUM_SKIP_TORCH:-}" ] && ! python -c "import torch" 2>/dev/null; then
-  python -m pip install -q "torch==2.13.0"
+  quiet_pip "torch==2.13.0"
 fi
-python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+quiet_pip -e ".[dev]"
 python -c "import engine, launcher, deepspeed, transformers" >/dev/null

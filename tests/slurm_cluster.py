@@ -1,4 +1,5 @@
-"""A real one-machine SLURM cluster for tests: munge + slurmctld + slurmd (Debian slurm-wlm), config in a temp dir.
+"""A real one-machine SLURM cluster for tests: munge + slurmctld + two slurmd standing in for nodes n1 and n2
+(Debian slurm-wlm), config in a temp dir.
 
 Installed with apt-get when missing and started by hand (systemd is not running in CI containers); needs root, and the
 fixture skips with that reason otherwise. Stopped after the tests (`scontrol shutdown`, then munged if we started it).
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -50,9 +52,11 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=5
 Waittime=0
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+NodeName=n1 NodeHostname={hostname} NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMemory=8000 State=UNKNOWN
+NodeName=n2 NodeHostname={hostname} NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
+NODES = ("n1", "n2")  # two slurmd on this machine stand in for two nodes (feasibility.md)
 
 
 @dataclass
@@ -111,13 +115,14 @@ def slurm_cluster(tmp_path_factory):
     for sub in ("state", "spool", "run", "log"):
         (root / sub).mkdir()
     conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(root=root, ctld_port=16817, d_port=16818, cpus=os.cpu_count() or 2))
+    conf.write_text(SLURM_CONF.format(root=root, ctld_port=16817, d_port=16818, hostname=socket.gethostname()))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True, capture_output=True, timeout=30)
-    subprocess.run(["slurmd", "-f", str(conf), "-N", "localhost"], env=env, check=True, capture_output=True, timeout=30)
+    for node in NODES:
+        subprocess.run(["slurmd", "-f", str(conf), "-N", node], env=env, check=True, capture_output=True, timeout=30)
     cluster = SlurmCluster(root=root, env=env)
     deadline = time.monotonic() + 30
-    while "idle" not in cluster.run("sinfo", "-h", "-o", "%t", check=False).stdout:
+    while cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split() != ["idle"] * len(NODES):
         if time.monotonic() > deadline:
             raise RuntimeError("SLURM node never became idle:\n" + (root / "log" / "slurmctld.log").read_text()[-3000:])
         time.sleep(0.2)

@@ -46,3 +46,21 @@ def test_one_node_job_preempted_requeues_and_completes_its_run(slurm_cluster, tm
     kinds = [e["kind"] for e in run["events"]]
     assert "preempted" in kinds and "resumed" in kinds
     assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16
+
+
+def test_two_node_job_runs_one_launcher_per_node_as_one_run(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
+    """sbatch --nodes 2 multi_node.sbatch: one `dialsum launch` task per node, meeting at the first node's address on
+    the job's port; one rank per node makes a world of 2, recorded once as run slurm-<job id>."""
+    config = small_config(tmp_path, tiny_model_dir, training={"eval_strategy": "no", "max_steps": 6})
+    log = tmp_path / "job.out"
+    job = slurm_cluster.sbatch("--output", str(log), str(REPO_ROOT / "scripts/slurm/multi_node.sbatch"), str(config),
+                               "--nproc", "1", env=job_env(), cwd=REPO_ROOT)
+    state = slurm_cluster.wait(job, timeout=400)
+    output = log.read_text()
+    assert state == "COMPLETED", output[-4000:]
+    tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
+    assert [r["run_id"] for r in tracker.list_runs()] == [f"slurm-{job}"], "one run for the whole job"
+    run = tracker.get_run(f"slurm-{job}")
+    assert run["status"] == "completed"
+    assert (run["plan"]["nnodes"], run["plan"]["nproc_per_node"], run["plan"]["world_size"]) == (2, 1, 2)
+    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 6
