@@ -25,7 +25,7 @@ from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights
                                   read_marker, safe_deepspeed_loads)
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
-from engine.environment import collect_environment
+from engine.environment import collect_environment, git_commit
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer, any_rank_flag
 from engine.recorder import make_recorder
@@ -163,7 +163,8 @@ class DialogueSummarizationTrainer:
                                self.run_dir / "predictions.csv", datasets.eval.fnames)
 
             def compute_metrics(pred) -> dict[str, float]:
-                summaries = decode_summaries(self.tokenizer, aligned_predictions(pred, datasets.eval, self.tokenizer.pad_token_id))
+                ids = aligned_predictions(pred, datasets.eval, self.tokenizer.pad_token_id)
+                summaries = decode_summaries(self.tokenizer, ids)
                 best.latest_predictions = summaries
                 return score_summaries(summaries, datasets.eval.references, lang=cfg.evaluation.lang,
                                        tokenizer=cfg.evaluation.tokenizer)
@@ -270,6 +271,7 @@ class DialogueSummarizationTrainer:
             "best_step": result.best_step,
             "max_source_length": self.cfg.data.max_source_length,
             "max_target_length": self.cfg.data.max_target_length,
+            "git_commit": git_commit(),
         }
 
 

@@ -35,6 +35,9 @@ def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_m
 
     version = Registry(store).get("e2e", "latest")
     assert version["version"] == 1 and version["run_id"] == run["run_id"]
+    meta = version["metadata"]
+    assert meta["architecture"] and meta["base_model"] == str(tiny_model_dir) and len(meta["git_commit"]) == 40
+    assert set(meta["data_hashes"]) == {"train", "eval"}
     combined = version["metrics"]["rouge_combined_f1"]
     parts = sum(version["metrics"][k] for k in ("rouge1_f1", "rouge2_f1", "rougeL_f1"))
     assert combined == pytest.approx(parts) and combined > 0
