@@ -149,3 +149,11 @@ def test_cli_on_postgres(postgres_url, tmp_path, dialsum):
     assert json.loads(out.stdout)[0]["aliases"] == {"best": 2}
     out = dialsum("runs", "list", "--json", "--sort", "eval_rouge", env={"DIALSUM_TRACKING_URI": postgres_url})
     assert [r["run_id"] for r in json.loads(out.stdout)] == ["r2", "r1", "r3"]
+
+
+def test_runs_list_shows_best_rouge_first():
+    from launcher.commands.runs import list_columns
+
+    keys = {"best/epoch", "best/loss", "best/rouge1_f1", "best/rouge_combined_f1", "final/loss", "best/rougeL_f1"}
+    assert list_columns(keys) == ["best/rouge_combined_f1", "best/rouge1_f1", "best/rougeL_f1", "best/loss"]
+    assert list_columns({"b", "a"}) == ["a", "b"]

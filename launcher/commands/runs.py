@@ -97,6 +97,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+LIST_COLUMNS = ("best/rouge_combined_f1", "best/rouge1_f1", "best/rouge2_f1", "best/rougeL_f1", "best/loss")
+
+
+def list_columns(summary_keys: set[str], limit: int = 4) -> list[str]:
+    """The metrics `runs list` shows: best ROUGE first (what users compare), then other summary keys by name."""
+    preferred = [k for k in LIST_COLUMNS if k in summary_keys]
+    return (preferred + sorted(summary_keys - set(preferred)))[:limit]
+
+
 def _run(tracker: Tracker, args: argparse.Namespace) -> None:
     if args.runs_command == "list":
         rows = tracker.list_runs(status=args.status, sort_by_metric=args.sort, descending=not args.ascending,
@@ -104,7 +113,7 @@ def _run(tracker: Tracker, args: argparse.Namespace) -> None:
         if args.json:
             print_json(rows)
             return
-        keys = [args.sort] if args.sort else sorted({k for r in rows for k in r["summary"]})[:4]
+        keys = [args.sort] if args.sort else list_columns({k for r in rows for k in r["summary"]})
         print_table(f"runs ({len(rows)})", ["run", "name", "group", "status", "created", "duration_s", *keys],
                     [[r["run_id"], r["name"], r["group"], r["status"], r["created_at"], r["duration_s"],
                       *(r["metrics"].get(k) for k in keys)] for r in rows])
