@@ -10,9 +10,10 @@ MAX_RUNS = 10
 
 def past_predictions(cfg: DialsumConfig) -> list[dict]:
     """Newest first: run id, ranks, ZeRO stage, micro-batch, predicted and measured peak bytes, relative error."""
-    from engine.store import Tracker, open_store, resolve_store_uri
+    from engine.recorder import store_uri
+    from engine.store import Tracker, open_store
 
-    uri = resolve_store_uri(cfg.tracking.uri, cfg.experiment.output_root)
+    uri = store_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return []
     tracker = Tracker(open_store(uri, create=False))
