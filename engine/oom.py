@@ -1,12 +1,16 @@
-"""Out-of-memory backoff inside a step, agreed by every rank, keeping the global batch.
+"""Out-of-memory backoff inside a step, agreed by every rank, keeping the global batch; token counting on the side.
 
-When a forward pass runs out of memory on any rank, all ranks learn it through one all-reduce of a flag (every rank
-calls it after every forward), halve their micro-batch by splitting each batch into twice as many chunks, and
+When a forward pass runs out of memory on any rank, all ranks learn it through one all-reduce (every rank calls it
+after every forward), halve their micro-batch by splitting each batch into twice as many chunks, and
 accumulate the chunks' gradients before the optimizer step. The global batch, the learning-rate schedule and the step
 count stay as planned; training continues without a restart. The event is recorded on the run.
 
 The check sits between forward and backward: under DeepSpeed ZeRO the backward pass runs collectives, so a rank that
 ran out of memory there cannot be rejoined; an OOM in backward still fails the run cleanly (the launcher records it).
+
+The same all-reduce carries each rank's non-padding source tokens, which keeps `state.num_input_tokens_seen` (tokens/s
+and MFU in the Profiler). The Trainer's own `include_num_input_tokens_seen` would add a second collective (a gather)
+to every micro-step, so the engine leaves it off.
 """
 from __future__ import annotations
 
@@ -18,19 +22,19 @@ import torch
 from transformers import Seq2SeqTrainer
 from accelerate.utils import DistributedType
 
+from engine.agreement import agree_after_forward
 from engine.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
 
-def any_rank_flag(flag: bool) -> bool:
-    """True on every rank when it is True on any rank (a collective every rank calls)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    device = f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
+def count_source_tokens(inputs: dict[str, Any], pad_token_id: int | None) -> torch.Tensor | int:
+    """Non-padding source tokens of a batch, left on its device (no sync until the all-reduce)."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    if pad_token_id is not None:
+        return (inputs["input_ids"] != pad_token_id).sum()
+    return inputs["input_ids"].numel()
 
 
 def split_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
@@ -47,7 +51,8 @@ def _rows(inputs: dict[str, Any]) -> int:
 
 
 class OOMBackoffTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose training step survives forward-pass OOM by splitting the micro-batch (see module doc)."""
+    """Seq2SeqTrainer whose training step survives forward-pass OOM by splitting the micro-batch and counts source
+    tokens in the same all-reduce (see the module doc)."""
 
     def __init__(self, *args, recorder: Recorder, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,6 +66,7 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
         pending = split_batch(inputs, self.splits)
         sync_at_end = self.accelerator.sync_gradients
         total_loss = torch.zeros((), device=self.args.device)
+        tokens = count_source_tokens(inputs, getattr(self.processing_class, "pad_token_id", None))
         while pending:
             chunk = pending.pop(0)
             loss, oom = None, False
@@ -69,7 +75,10 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
                     loss = self.compute_loss(model, chunk, num_items_in_batch=num_items_in_batch)
             except torch.OutOfMemoryError:
                 oom = True
-            if any_rank_flag(oom):
+            any_oom, all_tokens = agree_after_forward(oom, tokens)
+            self.state.num_input_tokens_seen += all_tokens
+            tokens = 0  # a micro-batch counts once, however often it is split
+            if any_oom:
                 loss = None
                 self._back_off(chunk_rows=_rows(chunk))
                 pending = [part for c in [chunk, *pending] for part in split_batch(c, 2)]

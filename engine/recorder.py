@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class Recorder(Protocol):
     def start(self) -> None: ...
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def flush(self) -> None: ...
     def log_event(self, step: int, kind: str, data: dict[str, Any]) -> None: ...
     def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int | None: ...
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
@@ -32,6 +33,7 @@ class NullRecorder:
 
     def start(self) -> None: ...
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def flush(self) -> None: ...
     def log_event(self, step: int, kind: str, data: dict[str, Any]) -> None: ...
     def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int | None:
         return None
@@ -62,6 +64,8 @@ class Rank0Recorder:
         self.wandb = WandbRun(cfg, run_id=plan.run_id)
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        self._pending_step: int | None = None
+        self._pending: dict[str, float] = {}
 
     def start(self) -> None:
         cfg = self.cfg
@@ -88,16 +92,28 @@ class Rank0Recorder:
                 log.warning("heartbeat failed: %s", exc)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(self.run_id, step, metrics)
-        self.wandb.log(step, metrics)
+        """Metrics of one step are merged and written together (one transaction, one W&B record) at `flush()`:
+        several callbacks log at each train log. A different step, an event, a registration or finish flushes first."""
+        if self._pending_step is not None and step != self._pending_step:
+            self.flush()
+        self._pending_step = step
+        self._pending.update(metrics)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.tracker.log_metrics(self.run_id, self._pending_step, self._pending)
+            self.wandb.log(self._pending_step, self._pending)
+        self._pending_step, self._pending = None, {}
 
     def log_event(self, step: int, kind: str, data: dict[str, Any]) -> None:
+        self.flush()
         self.tracker.log_event(self.run_id, step, kind, data)
         self.wandb.log(step, {f"events/{kind}": 1})
 
     def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int:
         from engine.store import extract_checkpoint_metadata
 
+        self.flush()
         cfg = self.cfg
         name = cfg.model.registry_name or cfg.experiment.name
         meta = {**extract_checkpoint_metadata(model_dir), **metadata}
@@ -112,6 +128,7 @@ class Rank0Recorder:
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
                failing_rank: int | None = None, exit_code: int | None = None) -> None:
         self._stop_heartbeat.set()
+        self.flush()
         if summary:
             self.tracker.set_summary(self.run_id, summary)
             self.wandb.summary(summary)

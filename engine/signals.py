@@ -1,5 +1,8 @@
 """Preemption: SIGTERM / SIGUSR1 (SLURM time limit, `scancel --signal`, torch elastic shutdown) only set a flag; the
-checkpoint is written at the next step boundary, after every rank agreed, never inside the signal handler."""
+checkpoint is written at a step boundary after every rank agreed, never inside the signal handler.
+
+The agreement is an asynchronous all-reduce started at each step end and read at the next one, so it never makes ranks
+wait for each other: a signal received during step N stops training, checkpointed, at the end of step N + 1."""
 from __future__ import annotations
 
 import logging
@@ -20,11 +23,13 @@ STEP_GRACE_S = float(os.environ.get("DIALSUM_STEP_GRACE_S", "30"))
 
 
 class PreemptionCallback(TrainerCallback):
-    """Installs the handlers at construction; at every step end all ranks all-reduce the flag (every rank calls it,
-    so none is left waiting), and when any rank was signalled they all save a checkpoint and stop together."""
+    """Installs the handlers at construction; at every step end all ranks start reducing the flag (every rank calls
+    it, so none is left waiting) and read the reduction started one step before; when any rank was signalled they all
+    save a checkpoint and stop together. `start_flag_reduce(flag)` returns a function that waits for the answer."""
 
-    def __init__(self, all_reduce_flag: Callable[[bool], bool]):
-        self.all_reduce_flag = all_reduce_flag
+    def __init__(self, start_flag_reduce: Callable[[bool], Callable[[], bool]]):
+        self.start_flag_reduce = start_flag_reduce
+        self._previous: Callable[[], bool] | None = None
         self.signal_name: str | None = None
         self.preempted_at: int | None = None
         self._watchdog: threading.Timer | None = None
@@ -39,7 +44,9 @@ class PreemptionCallback(TrainerCallback):
             self._watchdog.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.all_reduce_flag(self.signal_name is not None):
+        agreed = self._previous is not None and self._previous()
+        self._previous = self.start_flag_reduce(self.signal_name is not None)
+        if agreed:
             if self._watchdog is not None:
                 self._watchdog.cancel()  # at the boundary: the checkpoint gets the launcher's whole grace period
             log.warning("preemption requested (%s): checkpointing at step %d and stopping",
@@ -48,3 +55,8 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:  # every rank waits for the reduction it started last
+            self._previous()
+            self._previous = None

@@ -18,6 +18,7 @@ import torch
 import yaml
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments, TrainerCallback
 
+from engine.agreement import any_rank_flag, any_rank_flag_async
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
@@ -27,7 +28,7 @@ from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment, git_commit
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
-from engine.oom import OOMBackoffTrainer, any_rank_flag
+from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
 from engine.signals import PREEMPTED_EXIT_CODE, PreemptionCallback
@@ -75,6 +76,16 @@ class RecorderCallback(TrainerCallback):
                 metrics[f"train/{key.removeprefix('train_')}"] = float(value)
         if metrics:
             self.recorder.log_metrics(state.global_step, metrics)
+
+
+class RecorderFlush(TrainerCallback):
+    """Last in the callback list: writes the metrics every callback logged at this log as one record."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.recorder.flush()
 
 
 class DialogueSummarizationTrainer:
@@ -137,7 +148,7 @@ class DialogueSummarizationTrainer:
             generation_max_length=self.cfg.generation.max_new_tokens + 1,
             generation_num_beams=self.cfg.generation.num_beams,
             report_to="none",
-            include_num_input_tokens_seen="non_padding",
+            include_num_input_tokens_seen="no",  # counted in OOMBackoffTrainer's per-forward all-reduce instead
             logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
             dataloader_num_workers=t.dataloader_num_workers,
             # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (lessons.md).
@@ -149,7 +160,7 @@ class DialogueSummarizationTrainer:
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
         result = TrainResult(run_id=plan.run_id)
-        preemption = PreemptionCallback(all_reduce_flag=any_rank_flag)  # handlers first: a signal now is not fatal
+        preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async)  # handlers first: a signal now is not fatal
         recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
         if self.rank == 0:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
@@ -184,6 +195,7 @@ class DialogueSummarizationTrainer:
             if cfg.training.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
                                                        cfg.training.early_stopping_threshold))
+            callbacks.append(RecorderFlush(recorder))  # after every callback that logs at a train or eval log
             trainer = OOMBackoffTrainer(
                 model=self.model, args=self._training_arguments(), train_dataset=datasets.train,
                 eval_dataset=datasets.eval, processing_class=self.tokenizer,

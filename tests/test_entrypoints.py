@@ -49,6 +49,26 @@ def test_accelerate_launch_runs_engine_as_two_ranks(tmp_path, tiny_model_dir):
     assert run["plan"]["gradient_accumulation_steps"] * run["plan"]["micro_batch_size"] * 2 == 8
 
 
+def test_accelerate_multi_node_config_as_two_machines_on_localhost(tmp_path, tiny_model_dir):
+    """scripts/accelerate/multi_node.yaml, as its header says to run it: one `accelerate launch` per machine with its
+    --machine_rank and the first machine's address (here both on localhost, one process each)."""
+    config = small_config(tmp_path, tiny_model_dir, training={"eval_strategy": "no", "max_steps": 6})
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    port = str(free_port())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_RUN_ID": "accel2"}
+    machines = [subprocess.Popen([accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/multi_node.yaml"),
+                                  "--machine_rank", str(r), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                  "--num_processes", "2", "-m", "engine", "--config", str(config)],
+                                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for r in (0, 1)]
+    outs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    run = the_run(tmp_path)
+    assert run["run_id"] == "accel2" and run["status"] == "completed"
+    assert (run["plan"]["nnodes"], run["plan"]["nproc_per_node"], run["plan"]["world_size"]) == (2, 1, 2)
+    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 6
+
+
 def test_single_rank_launch(tmp_path, tiny_model_dir):
     config = small_config(tmp_path, tiny_model_dir)
     proc = run_dialsum("launch", str(config), "--nproc", "1")

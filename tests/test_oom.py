@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
-from engine.data import read_dialogues, tokenize_split
+from engine.data import find_placeholder_tokens, read_dialogues, tokenize_split
+from engine.modeling import load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer, split_batch
 from engine.recorder import NullRecorder
+from engine.schema import ModelConfig
 from engine.store import Tracker, open_store
 from launch_helpers import REPO_ROOT, run_dialsum, small_config
 
@@ -44,7 +46,10 @@ def test_split_chunks_give_the_same_gradients(tmp_path, tiny_model_dir, accumula
     trainer = OOMBackoffTrainer(model=model, args=args, processing_class=tokenizer, recorder=NullRecorder())
     trainer.current_gradient_accumulation_steps = accumulation  # what the training loop sets before each step
     whole = _grads_after_step(trainer, batch, 1)
+    tokens_after_whole = trainer.state.num_input_tokens_seen
     split = _grads_after_step(trainer, batch, 4)
+    assert tokens_after_whole == int(batch["attention_mask"].sum()) > 0
+    assert trainer.state.num_input_tokens_seen == 2 * tokens_after_whole, "a split micro-batch counts its tokens once"
     assert len(whole) == len(split) > 0
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -52,9 +57,11 @@ def test_split_chunks_give_the_same_gradients(tmp_path, tiny_model_dir, accumula
 
 @pytest.mark.slow
 def test_injected_oom_on_one_rank_backs_off_on_all_ranks_under_deepspeed(tmp_path, tiny_model_dir):
-    config = small_config(tmp_path, tiny_model_dir,
+    # 48 rows = 6 steps x global batch 8: one epoch, so every row's source tokens are counted exactly once
+    config = small_config(tmp_path, tiny_model_dir, data={"max_train_samples": 48},
                           training={"max_steps": 6, "eval_strategy": "no", "global_batch_size": 8},
-                          callbacks=[{"path": "oom_injection:InjectOOM", "kwargs": {"step": 2, "rank": 1}}])
+                          callbacks=[{"path": "oom_injection:InjectOOM",
+                                      "kwargs": {"step": 2, "rank": 1, "out": str(tmp_path)}}])
     proc = run_dialsum("launch", str(config), "--nproc", "2", env={"PYTHONPATH": str(REPO_ROOT / "tests")})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
@@ -68,3 +75,15 @@ def test_injected_oom_on_one_rank_backs_off_on_all_ranks_under_deepspeed(tmp_pat
                                  "global_batch_size": 8}
     losses = {h["step"]: h["train/loss"] for h in run["history"] if "train/loss" in h}
     assert max(losses) == 6 and all(loss == loss and loss < 20 for loss in losses.values())
+
+    # tokens: every rank's trainer state holds the sum over both ranks, counted once across the split
+    mini = REPO_ROOT / "data/dialogsum-mini"
+    rows = read_dialogues(mini / "train.csv", require_summary=True, limit=48)
+    tags = find_placeholder_tokens(rows + read_dialogues(mini / "dev.csv", require_summary=True, limit=12))
+    _, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)), tags)
+    data = tokenize_split(rows, tokenizer, max_source_length=128, max_target_length=32, with_labels=True, cache_dir=None)
+    expected = sum(len(data[i]["input_ids"]) for i in range(len(data)))
+    counted = [int((tmp_path / f"tokens_rank{r}.txt").read_text()) for r in (0, 1)]
+    assert counted == [expected, expected]
+    tokens_per_s = [h["perf/tokens_per_s"] for h in run["history"] if "perf/tokens_per_s" in h]
+    assert tokens_per_s and all(t > 0 for t in tokens_per_s)

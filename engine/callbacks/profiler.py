@@ -44,7 +44,7 @@ def peak_flops_for_device(device_name: str | None = None) -> float | None:
 def estimate_flops_per_token(num_params: int, *, target_to_source: float | None = None) -> float:
     """Training FLOPs per counted token: 6·N (forward 2·N, backward 4·N).
 
-    For an encoder-decoder whose counted tokens are the source tokens only (the Trainer's `num_input_tokens_seen`),
+    For an encoder-decoder whose counted tokens are the source tokens only (`state.num_input_tokens_seen`),
     pass the target/source length ratio: each stack holds about half the parameters and sees its own tokens, so the
     cost per source token is 3·N·(1 + ratio).
     """
@@ -85,8 +85,8 @@ def samples_per_step(args) -> int:
 class Profiler(TrainerCallback):
     """Records `perf/*` metrics at each train log; MFU when FLOPs per token, peak FLOP/s and token counts are known.
 
-    Tokens come from the Trainer's `num_input_tokens_seen` (already summed over ranks), so the lead sets
-    `include_num_input_tokens_seen` for tokens/s and MFU. MFU = flops_per_token · tokens/s / (peak_flops · world_size).
+    Tokens come from `state.num_input_tokens_seen`, summed over ranks (the engine's trainer keeps it, see engine/oom.py;
+    a plain Trainer does with `include_num_input_tokens_seen`). MFU = flops_per_token · tokens/s / (peak_flops · world_size).
     The trace window (`trace_dir` and `trace_start_step` set) writes one Chrome trace per rank, the only file this
     callback writes, written whole then renamed.
     """

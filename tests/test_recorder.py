@@ -1,0 +1,49 @@
+"""Rank 0's recorder writes the metrics several callbacks log at one step as one record: one store transaction and one
+W&B history row, flushed before anything that must come after them (a later step, an event, finish)."""
+from __future__ import annotations
+
+from sqlalchemy import event
+
+from engine.config import load_config
+from engine.recorder import Rank0Recorder
+from launch_helpers import small_config, wandb_history
+from launcher.planner import make_plan
+from launcher.topology import detect_topology
+
+
+def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_dir):
+    loaded = load_config([str(small_config(tmp_path, tiny_model_dir, tracking={"wandb_mode": "offline"}))])
+    plan = make_plan(loaded, detect_topology(), run_id="merge1", nproc_per_node=1)
+    recorder = Rank0Recorder(plan, loaded.config, environment={})
+    recorder.start()
+    commits: list[int] = []
+    event.listen(recorder.tracker.store.engine, "commit", lambda conn: commits.append(1))
+
+    recorder.log_metrics(10, {"train/loss": 2.5})           # RecorderCallback
+    recorder.log_metrics(10, {"system/rss_bytes": 1e9})     # MemoryTracker
+    recorder.log_metrics(10, {"perf/step_time_s": 0.1})     # Profiler
+    assert commits == [], "nothing is written before the step's last callback"
+    recorder.flush()                                        # RecorderFlush, last in the list
+    assert len(commits) == 1
+    recorder.flush()
+    assert len(commits) == 1, "an empty flush writes nothing"
+
+    recorder.log_metrics(11, {"custom/ema": 1.0})
+    recorder.log_event(12, "anomaly", {"kind": "loss_spike"})  # step 11 lands before the event
+    recorder.log_metrics(13, {"train/loss": 2.0})
+    recorder.finish("completed")                                # and step 13 before the run closes
+
+    run = recorder.tracker.get_run("merge1")
+    history = {h["step"]: h for h in run["history"]}
+    assert history[10]["train/loss"] == 2.5 and history[10]["system/rss_bytes"] == 1e9
+    assert history[10]["perf/step_time_s"] == 0.1
+    assert history[11]["custom/ema"] == 1.0 and history[13]["train/loss"] == 2.0
+    assert [e["kind"] for e in run["events"]] == ["anomaly"]
+    assert run["status"] == "completed"
+
+    [run_dir] = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    rows = wandb_history(run_dir)
+    step10 = [r for r in rows if r["_step"] == 10]
+    assert len(step10) == 1, "one W&B record for the three callbacks' metrics"
+    assert {"train/loss", "system/rss_bytes", "perf/step_time_s"} <= set(step10[0])
+    assert [r["_step"] for r in rows] == sorted(r["_step"] for r in rows)
