@@ -48,13 +48,20 @@ def test_one_node_job_preempted_requeues_and_completes_its_run(slurm_cluster, tm
     assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16
 
 
-def test_two_node_job_runs_one_launcher_per_node_as_one_run(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
-    """sbatch --nodes 2 multi_node.sbatch: one `dialsum launch` task per node, meeting at the first node's address on
-    the job's port; one rank per node makes a world of 2, recorded once as run slurm-<job id>."""
+@pytest.mark.parametrize("script, args", [
+    # one `dialsum launch` task per node, meeting at the first node's address on the job's port
+    ("multi_node.sbatch", ["--nproc", "1"]),
+    # srun starts `python -m engine` as one task per rank (no torchrun): the engine maps SLURM_PROCID/SLURM_NTASKS to
+    # its rank, rank 0 plans and broadcasts the plan
+    ("srun_ranks.sbatch", []),
+])
+def test_two_node_job_is_one_run_of_world_size_two(slurm_cluster, tmp_path, tiny_model_dir, script, args):  # noqa: F811
+    """sbatch --nodes 2 --ntasks-per-node 1: one rank per node makes a world of 2, recorded once as run slurm-<job id>
+    by rank 0 alone, with rank 1's system metrics gathered into it."""
     config = small_config(tmp_path, tiny_model_dir, training={"eval_strategy": "no", "max_steps": 6})
     log = tmp_path / "job.out"
-    job = slurm_cluster.sbatch("--output", str(log), str(REPO_ROOT / "scripts/slurm/multi_node.sbatch"), str(config),
-                               "--nproc", "1", env=job_env(), cwd=REPO_ROOT)
+    job = slurm_cluster.sbatch("--output", str(log), "--nodes", "2", "--ntasks-per-node", "1",
+                               str(REPO_ROOT / "scripts/slurm" / script), str(config), *args, env=job_env(), cwd=REPO_ROOT)
     state = slurm_cluster.wait(job, timeout=400)
     output = log.read_text()
     assert state == "COMPLETED", output[-4000:]
@@ -63,24 +70,6 @@ def test_two_node_job_runs_one_launcher_per_node_as_one_run(slurm_cluster, tmp_p
     run = tracker.get_run(f"slurm-{job}")
     assert run["status"] == "completed"
     assert (run["plan"]["nnodes"], run["plan"]["nproc_per_node"], run["plan"]["world_size"]) == (2, 1, 2)
-    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 6
-
-
-def test_srun_one_task_per_rank_across_two_nodes_plans_once(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
-    """sbatch --nodes 2 srun_ranks.sbatch: srun starts `python -m engine` as one task per rank (no torchrun); the
-    engine maps SLURM_PROCID/SLURM_NTASKS to its rank, rank 0 plans and broadcasts, and the job is one run."""
-    config = small_config(tmp_path, tiny_model_dir, training={"eval_strategy": "no", "max_steps": 6})
-    log = tmp_path / "job.out"
-    job = slurm_cluster.sbatch("--output", str(log), "--nodes", "2", "--ntasks-per-node", "1",
-                               str(REPO_ROOT / "scripts/slurm/srun_ranks.sbatch"), str(config),
-                               env=job_env(), cwd=REPO_ROOT)
-    state = slurm_cluster.wait(job, timeout=400)
-    output = log.read_text()
-    assert state == "COMPLETED", output[-4000:]
-    tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
-    assert [r["run_id"] for r in tracker.list_runs()] == [f"slurm-{job}"], "rank 0 alone planned and recorded"
-    run = tracker.get_run(f"slurm-{job}")
-    assert run["status"] == "completed"
-    assert (run["plan"]["nnodes"], run["plan"]["nproc_per_node"], run["plan"]["world_size"]) == (2, 1, 2)
-    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 6
-    assert all(h["rank1/memory/rss_bytes"] > 0 for h in run["history"] if "train/loss" in h), "rank 1 took part"
+    train_logs = [h for h in run["history"] if "train/loss" in h]
+    assert max(h["step"] for h in train_logs) == 6
+    assert all(h["rank1/memory/rss_bytes"] > 0 for h in train_logs), "rank 1 took part"
