@@ -8,6 +8,7 @@ for a minute).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ os.environ.update({
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MINI_DIR = REPO_ROOT / "data" / "dialogsum-mini"
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb_service():
+    """After a test that ran W&B in this process, tear its service down: wandb keeps one per process, started with the
+    environment of the first run, so a later test's WANDB_BASE_URL or init timeout would be ignored."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 @pytest.fixture(scope="session")
