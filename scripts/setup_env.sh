@@ -5,7 +5,7 @@
 set -euo pipefail
 VENV="${DIALSUM_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  "${DIALSUM_PYTHON:-python3}" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
