@@ -54,13 +54,14 @@ def _closest(name: str, options: Sequence[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _type_name(hint: Any) -> str:
+def type_name(hint: Any) -> str:
+    """How a schema type reads in errors and in the README's config reference: `int or null`, `list of str`."""
     if isinstance(hint, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
     if typing.get_origin(hint) is list:
-        return f"list of {_type_name(typing.get_args(hint)[0])}"
+        return f"list of {type_name(typing.get_args(hint)[0])}"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -68,7 +69,7 @@ def _coerce(value: Any, hint: Any, where: str, text: str | None) -> Any:
     """Return `value` converted to `hint`, or raise UserError. `text` is the raw string for env/--set values."""
     def bad() -> UserError:
         shown = repr(text) if text is not None else repr(value)
-        return UserError(f"{where}: expected {_type_name(hint)}, got {shown} ({type(value).__name__})")
+        return UserError(f"{where}: expected {type_name(hint)}, got {shown} ({type(value).__name__})")
 
     if isinstance(hint, types.UnionType):  # only `X | None` occurs in the schema
         if value is None:
@@ -76,7 +77,7 @@ def _coerce(value: Any, hint: Any, where: str, text: str | None) -> Any:
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _coerce(value, inner, where, text)
     if value is None and not (hint is str and text is not None and text.strip() == ""):
-        raise UserError(f"{where}: null is not allowed here (expected {_type_name(hint)})")
+        raise UserError(f"{where}: null is not allowed here (expected {type_name(hint)})")
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -4,16 +4,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from engine.config import type_name
 from engine.schema import CallbackSpec, DialsumConfig
 
 
-def _type_name(hint) -> str:
-    args = typing.get_args(hint)
-    if type(None) in args:
-        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " | null"
-    if typing.get_origin(hint) is not None:
-        return str(hint)
-    return hint.__name__
+def _cell(text: str) -> str:
+    """A table cell: a `|` inside it would end the cell, so it is escaped."""
+    return text.replace("|", "\\|")
 
 
 def _allowed(meta) -> str:
@@ -28,8 +25,9 @@ def _rows(cls, prefix: str) -> list[str]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | `{default!r}` | {_allowed(f.metadata)} | "
-                    f"{f.metadata.get('help', '')} |")
+        cells = [f"`{prefix}{f.name}`", type_name(hints[f.name]), f"`{default!r}`", _allowed(f.metadata),
+                 f.metadata.get("help", "")]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return rows
 
 
