@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         a.rows, a.repeats = 300, 1
 
     from engine.data import find_placeholder_tokens, read_dialogues, tokenize_split
-    from engine.model_init import init_model
+    from launcher.model_init import init_model
     from engine.modeling import load_model_and_tokenizer
     from engine.schema import ModelConfig
 

@@ -28,7 +28,7 @@ def make_recorder(root: Path):
     from engine.environment import collect_environment
     from engine.recorder import Rank0Recorder
     from engine.schema import DialsumConfig
-    from launcher.plan import Plan
+    from engine.plan import Plan
 
     cfg = DialsumConfig()
     cfg.experiment.output_root = str(root)

@@ -43,7 +43,7 @@ def build_bench_model(out_dir: Path, train_csv: Path = MINI_DIR / "train.csv", e
     The engine adds the tags found in the data at load time; a plain script would not. Baking them in means both sides
     load byte-identical weights and token ids, so their losses can be compared exactly."""
     from engine.data import find_placeholder_tokens, read_dialogues
-    from engine.model_init import init_model
+    from launcher.model_init import init_model
     from engine.modeling import load_model_and_tokenizer
     from engine.schema import ModelConfig
 

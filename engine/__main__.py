@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
     try:
-        from launcher.plan import Plan
+        from engine.plan import Plan
 
         if args.plan:
             from engine.distributed import init_process_group
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dialsum: error: {exc}", file=sys.stderr)
         return exc.exit_code
     if result.preempted_at is not None:
-        from engine.signals import PREEMPTED_EXIT_CODE
+        from engine.plan import PREEMPTED_EXIT_CODE
 
         if rank == 0:
             print(f"run {result.run_id} preempted: checkpoint at step {result.preempted_at}; start it again with "

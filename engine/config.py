@@ -33,7 +33,7 @@ from engine.errors import UserError
 from engine.schema import CallbackSpec, DialsumConfig
 
 ENV_PREFIX = "DIALSUM_"
-_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # what YAML 1.1 misses: 3e-4, 1E5
 _HINTS = typing.get_type_hints(DialsumConfig)
 _SECTION_TYPES = {name: hint for name, hint in _HINTS.items() if dataclasses.is_dataclass(hint)}
 
@@ -91,7 +91,7 @@ def _coerce(value: Any, hint: Any, where: str, text: str | None) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        if isinstance(value, str) and DECIMAL.fullmatch(value.strip()):
             return float(value)
         raise bad()
     if hint is str:
@@ -212,11 +212,11 @@ def _nest(flat: Mapping[str, Any], origin: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- layers
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -226,23 +226,29 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return loader.construct_mapping(node, deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A user's YAML file (config or sweep), duplicate keys refused; any problem is a one-line UserError naming the
+    file and, for a syntax error, the line and column."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+        raise UserError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read config file: {exc}") from None
+        raise UserError(f"{path}: cannot read {what}: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{path}: invalid YAML{at}: {' '.join(str(problem).split())}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

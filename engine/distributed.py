@@ -14,7 +14,7 @@ import torch
 
 from engine.config import load_config
 from engine.errors import UserError
-from launcher.plan import Plan
+from engine.plan import Plan
 
 
 def new_run_id() -> str:

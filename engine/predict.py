@@ -32,7 +32,7 @@ class PredictResult:
 def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
     """The registry version `model_ref` (NAME, NAME:VERSION, NAME@ALIAS) names in the config's store; its checkpoint
     directory must still exist."""
-    from engine.recorder import store_uri
+    from engine.store import store_uri
     from engine.store import Registry, open_store, parse_model_ref
 
     name, ref = parse_model_ref(model_ref)

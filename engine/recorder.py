@@ -41,18 +41,11 @@ class NullRecorder:
                failing_rank: int | None = None, exit_code: int | None = None) -> None: ...
 
 
-def store_uri(cfg: DialsumConfig) -> str:
-    """tracking.uri (already layered with DIALSUM_TRACKING_URI), else SQLite under the output root."""
-    from engine.store import resolve_store_uri
-
-    return resolve_store_uri(cfg.tracking.uri, cfg.experiment.output_root)
-
-
 class Rank0Recorder:
     """Tracker + registry + W&B for one run, owned by global rank 0 only."""
 
     def __init__(self, plan, cfg: DialsumConfig, environment: dict[str, Any]):
-        from engine.store import Registry, Tracker, open_store
+        from engine.store import Registry, Tracker, open_store, store_uri
 
         self.plan = plan
         self.cfg = cfg

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+
 log = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # A signalled rank that reaches no step boundary in this time is stuck (typically in a collective with a dead peer,
 # when torch elastic is taking the group down): it exits so the group ends instead of waiting to be SIGKILLed.

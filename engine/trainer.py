@@ -31,9 +31,10 @@ from engine.modeling import decode_summaries, generation_kwargs, load_model_and_
 from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
 from engine.rouge import score_summaries
-from engine.signals import PREEMPTED_EXIT_CODE, PreemptionCallback
-from launcher.plan import Plan
-from launcher.sweep.pruning import sweep_callbacks_from_env
+from engine.plan import PREEMPTED_EXIT_CODE
+from engine.signals import PreemptionCallback
+from engine.plan import Plan
+from engine.callbacks.pruning import sweep_callbacks_from_env
 
 log = logging.getLogger(__name__)
 

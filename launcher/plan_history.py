@@ -10,7 +10,7 @@ MAX_RUNS = 10
 
 def past_predictions(cfg: DialsumConfig) -> list[dict]:
     """Newest first: run id, ranks, ZeRO stage, micro-batch, predicted and measured peak bytes, relative error."""
-    from engine.recorder import store_uri
+    from engine.store import store_uri
     from engine.store import Tracker, open_store
 
     uri = store_uri(cfg)

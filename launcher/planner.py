@@ -22,7 +22,7 @@ from launcher.ds_config import render_deepspeed_config
 from launcher.memory import (
     GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, model_spec, model_state_bytes, overhead_bytes,
 )
-from launcher.plan import Plan
+from engine.plan import Plan
 from launcher.topology import Topology
 
 

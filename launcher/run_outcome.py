@@ -7,9 +7,9 @@ launcher saw die first and that rank's exit code.
 """
 from __future__ import annotations
 
-from engine.recorder import store_uri
+from engine.store import store_uri
 from engine.schema import DialsumConfig
-from engine.signals import PREEMPTED_EXIT_CODE
+from engine.plan import PREEMPTED_EXIT_CODE
 from launcher.spawn import LaunchOutcome
 
 OPEN_STATUSES = ("created", "running", "crashed")  # crashed: running with a stale heartbeat

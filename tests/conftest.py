@@ -49,7 +49,7 @@ def mini_data() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, mini_data) -> Path:
     """`dialsum init-model --size tiny --seed 0` on the mini train CSV (a few seconds, once per session)."""
-    from engine.model_init import init_model
+    from launcher.model_init import init_model
 
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     init_model(mini_data["train_csv"], out, size="tiny", seed=0)

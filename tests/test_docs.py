@@ -9,7 +9,7 @@ import typing
 from markdown_it import MarkdownIt
 
 from engine.config import type_name
-from engine.config_reference import config_reference_markdown
+from launcher.config_reference import config_reference_markdown
 from engine.schema import CallbackSpec, DialsumConfig
 from launch_helpers import REPO_ROOT
 

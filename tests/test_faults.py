@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from engine.checkpointing import MARKER, checkpoints, latest_checkpoint
-from engine.signals import PREEMPTED_EXIT_CODE
+from engine.plan import PREEMPTED_EXIT_CODE
 from engine.store import Tracker, open_store
 from launch_helpers import run_dialsum, small_config
 

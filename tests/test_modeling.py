@@ -1,4 +1,4 @@
-"""engine.modeling + engine.model_init: loading with speaker tags, decoding that keeps them, `dialsum init-model`."""
+"""engine.modeling + launcher.model_init: loading with speaker tags, decoding that keeps them, `dialsum init-model`."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import torch
 
 from engine.data import find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.errors import UserError
-from engine.model_init import SIZES, build_model, init_model, train_tokenizer
+from launcher.model_init import SIZES, build_model, init_model, train_tokenizer
 from engine.modeling import add_speaker_tokens, decode_summaries, load_model_and_tokenizer
 from engine.schema import ModelConfig
 from launcher.cli import main as dialsum

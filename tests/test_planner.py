@@ -15,7 +15,7 @@ from engine.schema import DialsumConfig
 from launcher.cli import main
 from launcher.ds_config import check_deepspeed_config, load_template, render_deepspeed_config
 from launcher.memory import model_state_bytes, bare_spec
-from launcher.plan import Plan
+from engine.plan import Plan
 from launcher.planner import make_plan
 from launcher.topology import GPUInfo, Topology, load_topology
 

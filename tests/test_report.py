@@ -110,7 +110,7 @@ def _history(run, key: str, scale: float = 1.0) -> tuple[list[float], list[float
 
 
 def test_run_figures_draw_the_history_and_mark_events(store):
-    from engine.report import GIB, run_figures
+    from launcher.report import GIB, run_figures
 
     run = store["runs"]["a"]
     figures = run_figures(run)
@@ -176,7 +176,7 @@ def test_report_default_folder_and_errors(store, capsys, tmp_path):
 
 
 def test_run_without_metrics_gets_a_report_without_plots(tmp_path):
-    from engine.report import write_run_report
+    from launcher.report import write_run_report
 
     with open_store(f"sqlite:///{tmp_path / 'db.sqlite'}") as s:
         Tracker(s).create_run("empty", name="x", config={}, plan=None, environment={})
@@ -186,7 +186,7 @@ def test_run_without_metrics_gets_a_report_without_plots(tmp_path):
 
 
 def test_runs_compare_plot(store, capsys):
-    from engine.report import compare_runs_figures
+    from launcher.report import compare_runs_figures
 
     runs = [store["runs"]["a"], store["runs"]["b"]]
     figures = compare_runs_figures(runs)
@@ -213,7 +213,7 @@ def test_runs_compare_plot(store, capsys):
 
 
 def test_models_compare_plot(store, capsys):
-    from engine.report import compare_models_figures
+    from launcher.report import compare_models_figures
 
     versions = store["versions"]
     figures = compare_models_figures(versions, [store["runs"]["a"], None])
@@ -236,7 +236,7 @@ def test_models_compare_plot(store, capsys):
 
 def test_constants_match_their_sources_and_help_stays_light():
     from engine.callbacks.anomaly import EVENT_PREFIX
-    from engine.report import ANOMALY_PREFIX
+    from launcher.report import ANOMALY_PREFIX
 
     assert ANOMALY_PREFIX == EVENT_PREFIX
     code = ("import sys; import launcher.commands.report, launcher.commands.predict, launcher.commands.runs, "

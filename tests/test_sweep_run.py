@@ -23,8 +23,8 @@ from transformers import TrainerControl, TrainerState
 
 from engine.store import Registry, Tracker, open_store
 from launcher.sweep.agent import HEARTBEAT, PARAMS, RETRY_OF, RUN_ID, retry_stale_trials
-from launcher.sweep.optuna_backend import make_pruner, open_storage
-from launcher.sweep.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, sweep_callbacks_from_env
+from engine.callbacks.pruning import make_pruner, open_storage
+from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, sweep_callbacks_from_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 HYPERBAND = {"min_resource": 1, "max_resource": 4, "reduction_factor": 2}

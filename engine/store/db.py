@@ -188,6 +188,12 @@ def resolve_store_uri(uri: str = "", output_root: str = "outputs", env: dict[str
     return f"sqlite:///{Path(output_root).resolve() / 'dialsum.db'}"
 
 
+def store_uri(cfg) -> str:
+    """The store of a run's config (a DialsumConfig): tracking.uri, already layered with DIALSUM_TRACKING_URI, else
+    SQLite under the output root."""
+    return resolve_store_uri(cfg.tracking.uri, cfg.experiment.output_root)
+
+
 class Store:
     """An open store: the engine plus read/write transactions that behave the same on both backends."""
 

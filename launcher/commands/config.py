@@ -38,7 +38,7 @@ def _print_table(loaded: LoadedConfig) -> None:
 
 
 def run_reference(args: argparse.Namespace) -> int:
-    from engine.config_reference import config_reference_markdown
+    from launcher.config_reference import config_reference_markdown
 
     print(config_reference_markdown(), end="")
     return 0

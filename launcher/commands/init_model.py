@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.model_init import SIZES
+from launcher.model_init import SIZES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.model_init import init_model
+    from launcher.model_init import init_model
 
     result = init_model(args.from_data, args.out, size=args.size, vocab_size=args.vocab_size, seed=args.seed)
     print(f"wrote {result.out_dir}: {args.size} BART, {result.num_parameters:,} parameters, vocabulary {result.vocab_size}")

@@ -109,7 +109,7 @@ def _run(registry: Registry, args: argparse.Namespace) -> None:
 
 def _plot_versions(registry: Registry, versions: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """Metric bars of the versions, plus the training curves of their runs where the tracker has them."""
-    from engine.report import compare_models_figures, save_figures
+    from launcher.report import compare_models_figures, save_figures
 
     tracker = Tracker(registry.store)
     runs = [tracker.get_run(v["run_id"]) if tracker.exists(v["run_id"]) else None for v in versions]

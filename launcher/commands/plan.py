@@ -10,7 +10,7 @@ import sys
 
 from engine.config import add_config_arguments, config_from_dict
 from engine.errors import UserError
-from launcher.plan import Plan
+from engine.plan import Plan
 
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
 DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size")

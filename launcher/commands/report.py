@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.report import write_run_report
+    from launcher.report import write_run_report
     from engine.store import Tracker
 
     with open_from_args(args) as store:

@@ -122,7 +122,7 @@ def _run(tracker: Tracker, args: argparse.Namespace) -> None:
     else:
         result = tracker.compare(args.run_ids)
         if args.plot:
-            from engine.report import compare_runs_figures, save_figures
+            from launcher.report import compare_runs_figures, save_figures
 
             out = args.out or Path(args.output_root) / "reports" / "-".join(["runs", *args.run_ids])
             figures = compare_runs_figures([tracker.get_run(r) for r in args.run_ids])

@@ -29,8 +29,9 @@ from optuna.trial import TrialState
 from engine.atomic import atomic_write_text
 from engine.config import load_config
 from engine.errors import UserError
-from launcher.sweep.optuna_backend import create_study, open_storage, suggest
-from launcher.sweep.pruning import ENV_VAR, PRUNED_ATTR, TrialLink
+from engine.callbacks.pruning import open_storage
+from launcher.sweep.optuna_backend import create_study, suggest
+from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink
 from launcher.sweep.spec import SweepSpec, check_params, load_sweep
 
 RUN_ID, PARAMS, RETRY_OF, SURPLUS, HEARTBEAT, ERROR = "run_id", "params", "retry_of", "surplus", "heartbeat", "error"
@@ -195,7 +196,7 @@ class Agent:
         self._tell(trial, run_id, loaded.config, code, log_file)
 
     def _tell(self, trial: optuna.Trial, run_id: str, cfg, code: int, log_file: Path) -> None:
-        from engine.recorder import store_uri
+        from engine.store import store_uri
         from engine.store import Tracker, open_store
 
         store = open_store(store_uri(cfg))

@@ -15,7 +15,8 @@ import optuna
 from engine.config import load_config
 from engine.errors import UserError
 from launcher.sweep.agent import PARAMS, RETRY_OF, RUN_ID, SURPLUS, Agent, AgentSettings, registry_name, sweep_dir
-from launcher.sweep.optuna_backend import default_storage, is_url, make_sampler, open_storage, suggest
+from engine.callbacks.pruning import is_url, open_storage
+from launcher.sweep.optuna_backend import default_storage, make_sampler, suggest
 from launcher.sweep.spec import SweepSpec, check_params, load_sweep, read_sweep_yaml
 
 
@@ -67,7 +68,7 @@ def run_agents(settings: AgentSettings, agents: int, folder: Path) -> None:
 
 def summarize(spec: SweepSpec, storage: str, base) -> bool:
     """Print the trials; promote `sweep-<name>` to the best trial's model version. True if any trial finished."""
-    from engine.recorder import store_uri
+    from engine.store import store_uri
     from engine.store import Registry, open_store
     from launcher.commands.runs import print_table
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from engine.callbacks.pruning import make_pruner
 from launcher.sweep.spec import ParamSpec, SweepSpec
 
 _PRIMITIVE = (type(None), bool, int, float, str)
@@ -31,22 +32,8 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def is_url(storage: str) -> bool:
-    return "://" in storage
-
-
 def default_storage(output_root: str, name: str) -> str:
     return str(Path(output_root).resolve() / "sweeps" / name / "journal.log")
-
-
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """An RDB URL -> RDBStorage; anything else is a journal file path."""
-    if is_url(storage):
-        return optuna.storages.RDBStorage(storage)
-    from optuna.storages.journal import JournalFileBackend
-
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(storage))
 
 
 def _choices(p: ParamSpec) -> list:
@@ -61,10 +48,6 @@ def make_sampler(spec: SweepSpec, seed: int | None) -> optuna.samplers.BaseSampl
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)  # GPSampler needs scipy, which dialsum does not depend on
-
-
-def make_pruner(hyperband: dict | None) -> optuna.pruners.BasePruner:
-    return optuna.pruners.HyperbandPruner(**hyperband) if hyperband else optuna.pruners.NopPruner()
 
 
 def create_study(spec: SweepSpec, storage: optuna.storages.BaseStorage, seed: int | None) -> optuna.Study:

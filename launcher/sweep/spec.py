@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from engine.config import _UniqueKeyLoader, load_config
+from engine.config import DECIMAL, load_config, read_yaml
 from engine.errors import UserError
 
 METHODS = ("grid", "random", "bayes")
@@ -32,7 +31,6 @@ TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "nam
             "command", "project", "entity")
 PARAM_KEYS = ("distribution", "value", "values", "probabilities", "min", "max", "mu", "sigma", "q")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _METRIC_PREFIXES = ("eval/", "eval_", "best/")
 
 
@@ -146,7 +144,7 @@ def _number(value: Any, source: str, where: str, *, integer: bool = False) -> fl
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _err(source, where, f"expected a number, got {value!r}")
     if isinstance(value, str):
-        if not _DECIMAL.fullmatch(value.strip()):
+        if not DECIMAL.fullmatch(value.strip()):
             raise _err(source, where, f"expected a number, got {value!r}")
         value = float(value)
     if integer and not isinstance(value, int):
@@ -328,16 +326,7 @@ def parse_sweep(data: Any, source: str, default_metric: tuple[str, bool] = ("rou
 
 
 def read_sweep_yaml(path: str | Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read sweep file: {exc}") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{at}: {' '.join(str(getattr(exc, 'problem', exc)).split())}") from None
+    return read_yaml(path, "sweep file")
 
 
 def check_params(spec: SweepSpec, params: Mapping[str, Any], files: Sequence[str], overrides: Sequence[str],

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -40,6 +41,28 @@ class TrialLink:
         return cls(**json.loads(text))
 
 
+def is_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def open_storage(storage: str):
+    """An RDB URL -> optuna RDBStorage; anything else is a journal file path (the sweep agents open it the same way)."""
+    import optuna
+
+    if is_url(storage):
+        return optuna.storages.RDBStorage(storage)
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(storage))
+
+
+def make_pruner(hyperband: dict | None):
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(**hyperband) if hyperband else optuna.pruners.NopPruner()
+
+
 class SweepPruningCallback(TrainerCallback):
     def __init__(self, link: TrialLink):
         self.link = link
@@ -50,8 +73,6 @@ class SweepPruningCallback(TrainerCallback):
         """Rank 0 only: the running trial, loaded with the sweep's pruner (lazily, once)."""
         if self._trial is None:
             import optuna
-
-            from launcher.sweep.optuna_backend import make_pruner, open_storage
 
             study = optuna.load_study(study_name=self.link.study, storage=open_storage(self.link.storage),
                                       sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.link.hyperband))

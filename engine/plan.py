@@ -1,13 +1,18 @@
-"""The Plan: the only thing that crosses from the launcher to the rank processes.
+"""The contract between the launcher and the ranks: the Plan and the exit codes.
 
-Plain data, JSON-serialisable. The launcher (or, under an external launcher, rank 0) builds it once;
-ranks read it and execute. Ranks never re-plan.
+The Plan is plain data, JSON-serialisable. `launcher/planner.py` is its only producer (in `dialsum launch`, or on
+rank 0 under an external launcher); ranks read it and execute, and never re-plan. It imports no torch or
+transformers, so the CLI loads it cheaply.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from engine.atomic import atomic_write_text
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
 
 
 @dataclass
@@ -52,8 +57,4 @@ class Plan:
 
     def save(self, path: str | Path) -> None:
         """Atomic write: ranks may read the file while the launcher is still around."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write_text(path, self.to_json())
