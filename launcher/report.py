@@ -7,7 +7,6 @@ what was drawn; `save_figures` renders and writes them atomically.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 
 from engine.atomic import atomic_write_bytes, atomic_write_text
 from engine.rouge import METRIC_KEYS
+from launcher.display import fmt
 
 GIB = 2.0 ** 30
 ANOMALY_PREFIX = "anomaly_"  # engine.callbacks.anomaly.EVENT_PREFIX (not imported: it pulls in transformers)
@@ -258,26 +258,18 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path, prefix: str = 
     return paths
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return "-" if value is None else str(value)
-
-
 def render_markdown(run: dict[str, Any], numbers: dict[str, Any], pngs: list[Path]) -> str:
     lines = [f"# Run {run['run_id']} ({run['name']})", ""]
     for field in ("status", "group", "tags", "created_at", "ended_at", "duration_s", "error"):
         if run.get(field) not in (None, "", []):
-            lines.append(f"- {field}: {_cell(run[field])}")
+            lines.append(f"- {field}: {fmt(run[field])}")
     lines += ["", "## Key numbers", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in numbers.items() if k not in ("status", "duration_s")]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in numbers.items() if k not in ("status", "duration_s")]
     marked = [e for e in run["events"] if is_marked(e["kind"])]
     lines += ["", f"## Marked events ({len(marked)}; drawn as dashed lines)", ""]
     if marked:
         lines += ["| step | kind | data |", "|---|---|---|"]
-        lines += [f"| {e['step']} | {e['kind']} | {_cell(e['data']).replace('|', '/')} |" for e in marked]
+        lines += [f"| {e['step']} | {e['kind']} | {fmt(e['data']).replace('|', '/')} |" for e in marked]
     else:
         lines.append("none")
     lines += ["", "## Plots", ""]

@@ -163,19 +163,19 @@ def _json_default(obj):
     return str(obj)
 
 
-def _clean_json(obj):
+def finite_json(obj):
     """JSON without NaN/Infinity tokens (PostgreSQL rejects them): non-finite floats become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _clean_json(v) for k, v in obj.items()}
+        return {str(k): finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 
 def dumps(obj) -> str:
-    return json.dumps(_clean_json(obj), default=_json_default, allow_nan=False)
+    return json.dumps(finite_json(obj), default=_json_default, allow_nan=False)
 
 
 def resolve_store_uri(uri: str = "", output_root: str = "outputs", env: dict[str, str] | None = None) -> str:

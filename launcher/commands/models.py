@@ -10,7 +10,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.store import Registry, Tracker, parse_model_ref
-from launcher.commands.runs import open_from_args, plot_arguments, print_json, print_plots, print_table, store_arguments
+from launcher.commands.runs import open_from_args, plot_arguments, print_plots, store_arguments
+from launcher.display import print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from launcher.commands.runs import open_from_args, print_json, store_arguments
+from launcher.commands.runs import open_from_args, store_arguments
+from launcher.display import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 from engine.store import Store, Tracker, open_store, resolve_store_uri
+from launcher.display import print_json, print_table
 from engine.store.tracker import flatten
 
 HISTORY_ROWS = 20  # steps the `runs show` table prints (--json prints all)
@@ -25,43 +24,6 @@ def store_arguments() -> argparse.ArgumentParser:
 
 def open_from_args(args: argparse.Namespace) -> Store:
     return open_store(resolve_store_uri(args.uri, args.output_root), create=False)
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe: NaN/Infinity become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(_plain(obj), indent=2, default=str))
-
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", min_width=len(title))
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(fmt(v) for v in row))
-    Console(width=200).print(table)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -31,7 +31,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def dry_run(spec: SweepSpec, settings: AgentSettings, n: int) -> None:
     """Sample the first parameter sets in memory and check each against the full config."""
-    from launcher.commands.runs import print_table
+    from launcher.display import print_table
 
     study = optuna.create_study(direction=spec.goal, sampler=make_sampler(spec, settings.seed))
     rows = []
@@ -70,7 +70,7 @@ def summarize(spec: SweepSpec, storage: str, base) -> bool:
     """Print the trials; promote `sweep-<name>` to the best trial's model version. True if any trial finished."""
     from engine.store import store_uri
     from engine.store import Registry, open_store
-    from launcher.commands.runs import print_table
+    from launcher.display import print_table
 
     study = optuna.load_study(study_name=spec.name, storage=open_storage(storage))
     trials = [t for t in study.get_trials(deepcopy=False) if SURPLUS not in t.user_attrs]
