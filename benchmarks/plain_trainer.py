@@ -2,7 +2,7 @@
 
 Started by `torchrun` (or `python` for one process) from bench_engine_vs_trainer.py. It reads the same CSV, tokenizes
 with the tokenizer's ordinary call, and trains with the same hyperparameters and DeepSpeed config as the engine. Only
-what changes the maths is matched (`average_tokens_across_devices=False`, see lessons.md: otherwise the Trainer
+what changes the maths is matched (`average_tokens_across_devices=False`: otherwise the Trainer
 rescales BART's loss by the world size); bookkeeping is left at the Trainer's defaults and nothing is tracked.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
                              callbacks=[StepTimer(a.timer_out)])
     trainer.train()
     del trainer, model
-    if torch.distributed.is_initialized():  # clean gloo teardown (feasibility.md)
+    if torch.distributed.is_initialized():  # clean gloo teardown (avoids rare aborts at exit)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

@@ -152,7 +152,7 @@ class DialogueSummarizationTrainer:
             include_num_input_tokens_seen="no",  # counted in OOMBackoffTrainer's per-forward all-reduce instead
             logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
             dataloader_num_workers=t.dataloader_num_workers,
-            # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (lessons.md).
+            # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (13.85 vs 6.92 on 2 ranks).
             average_tokens_across_devices=False,
             disable_tqdm=self.rank != 0,
             save_only_model=False,
@@ -191,7 +191,7 @@ class DialogueSummarizationTrainer:
                 *load_custom_callbacks(cfg.callbacks, recorder=recorder),
                 *sweep_callbacks_from_env(),
                 CheckpointCommitter(self.rank, plan.world_size, keep=cfg.training.save_total_limit),
-                preemption,  # last: sees every other callback's decision to stop or save at this step
+                preemption,  # after the callbacks that act at a step end; only early stopping (at evaluate) and the flush follow
             ]
             if cfg.training.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
@@ -304,7 +304,7 @@ def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
 
 
 def _teardown() -> None:
-    """Free the engine and close the process group cleanly (avoids rare gloo aborts at exit; feasibility.md)."""
+    """Free the engine and close the process group cleanly (without the barrier, about 1 in 10-30 runs aborted in gloo teardown)."""
     gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -56,7 +56,7 @@ NodeName=n1 NodeHostname={hostname} NodeAddr=127.0.0.1 Port=17001 CPUs=1 RealMem
 NodeName=n2 NodeHostname={hostname} NodeAddr=127.0.0.1 Port=17002 CPUs=1 RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
-NODES = ("n1", "n2")  # two slurmd on this machine stand in for two nodes (feasibility.md)
+NODES = ("n1", "n2")  # two slurmd on this machine stand in for two nodes
 
 
 @dataclass
