@@ -127,7 +127,8 @@ class DialogueSummarizationTrainer:
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
             weight_decay=t.weight_decay,
-            warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+            # transformers 5: an int >= 1 is steps, a float in [0, 1) a ratio of total steps
+            warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
             lr_scheduler_type=t.lr_scheduler_type,
             optim=t.optim,
             max_grad_norm=t.max_grad_norm,
