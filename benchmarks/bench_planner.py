@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"offload {'on' if plan.offload_optimizer else 'off'}"])
     if not a.quick:
         cmd = [sys.executable, "-m", "launcher.cli", "plan", "--model-params", "70B", "--gpus", str(a.gpus),
-               "--gpu-memory", "80GB", "--nodes", "4", "--host-memory", "8TiB", "--json"]
+               "--gpu-memory", "80GB", "--nnodes", "4", "--host-memory", "8TiB", "--json"]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=REPO_ROOT, env=bench_env(), capture_output=True, check=True, timeout=300)
         cli = time.perf_counter() - t0

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if rank == 0:
             print(f"run {result.run_id} preempted: checkpoint at step {result.preempted_at}; start it again with "
-                  f"DIALSUM_RUN_ID={result.run_id} (or `dialsum launch ... --resume {result.run_id}`) to resume")
+                  f"DIALSUM_RUN_ID={result.run_id} (or `dialsum launch ... --run-id {result.run_id}`) to resume")
         return PREEMPTED_EXIT_CODE
     if rank == 0:
         best = ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items() if k.startswith("rouge"))

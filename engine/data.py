@@ -37,18 +37,21 @@ class Dialogue:
     topic: str = ""
 
 
-def read_dialogues(path: str | Path, *, require_summary: bool, limit: int | None = None, key: str = "") -> list[Dialogue]:
+def read_dialogues(path: str | Path, *, require_summary: bool, limit: int | None = None, key: str = "",
+                   require_dialogue: bool = True) -> list[Dialogue]:
     """Read a CSV or JSON-lines split. References come from `summary` or `summary1..N` (empty ones dropped);
-    `key` is the config key that named the file, so errors point the user at it."""
+    `key` is the config key that named the file, so errors point the user at it. Scoring alone needs no dialogue
+    (`require_dialogue=False`: an answer file `fname,summary1,summary2,summary3`)."""
+    needed = ("fname", "dialogue") if require_dialogue else ("fname",)
     path = Path(path)
     where = f"{key}: {path}" if key else str(path)
     if not path.is_file():
         raise UserError(f"{key + ': ' if key else ''}no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        records = _csv_records(path, where, require_summary)
+        records = _csv_records(path, where, require_summary, needed)
     elif suffix in (".jsonl", ".json"):
-        records = _jsonl_records(path, where, require_summary)
+        records = _jsonl_records(path, where, require_summary, needed)
     else:
         raise UserError(f"{where}: unknown data format {suffix or '(no extension)'!r} (expected .csv, .jsonl or .json lines)")
 
@@ -56,7 +59,7 @@ def read_dialogues(path: str | Path, *, require_summary: bool, limit: int | None
     first_row: dict[str, str] = {}
     try:
         for label, row in records:
-            dialogues.append(_to_dialogue(row, f"{where}: {label}", require_summary))
+            dialogues.append(_to_dialogue(row, f"{where}: {label}", require_summary, needed))
             previous = first_row.setdefault(dialogues[-1].fname, label)
             if previous != label:
                 raise UserError(f"{where}: {label}: duplicate fname {dialogues[-1].fname!r} (first at {previous})")
@@ -71,11 +74,11 @@ def read_dialogues(path: str | Path, *, require_summary: bool, limit: int | None
     return dialogues
 
 
-def _csv_records(path: Path, where: str, require_summary: bool):
+def _csv_records(path: Path, where: str, require_summary: bool, needed: tuple[str, ...]):
     """Yield ("row N", row) with 1-based data row numbers; quoted fields may span lines."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        _check_columns(reader.fieldnames or [], where, require_summary)
+        _check_columns(reader.fieldnames or [], where, require_summary, needed)
         for number, row in enumerate(reader, start=1):
             if None in row:
                 raise UserError(f"{where}: row {number}: {len(reader.fieldnames) + len(row[None])} fields, "
@@ -83,7 +86,7 @@ def _csv_records(path: Path, where: str, require_summary: bool):
             yield f"row {number}", row
 
 
-def _jsonl_records(path: Path, where: str, require_summary: bool):
+def _jsonl_records(path: Path, where: str, require_summary: bool, needed: tuple[str, ...]):
     """Yield ("line N", record) for each non-blank line, which must hold one JSON object."""
     with open(path, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
@@ -95,12 +98,12 @@ def _jsonl_records(path: Path, where: str, require_summary: bool):
                 raise UserError(f"{where}: line {number}: bad JSON ({exc.msg}; expected one object per line)") from None
             if not isinstance(record, dict):
                 raise UserError(f"{where}: line {number}: expected a JSON object, got {type(record).__name__}")
-            _check_columns(list(record), f"{where}: line {number}", require_summary)
+            _check_columns(list(record), f"{where}: line {number}", require_summary, needed)
             yield f"line {number}", record
 
 
-def _check_columns(columns: list[str], where: str, require_summary: bool) -> None:
-    for name in ("fname", "dialogue"):
+def _check_columns(columns: list[str], where: str, require_summary: bool, needed: tuple[str, ...]) -> None:
+    for name in needed:
         if name not in columns:
             raise UserError(f"{where}: missing column {name!r} ({_EXPECTED})")
     if require_summary and not _summary_columns(columns):
@@ -117,16 +120,16 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _to_dialogue(row: dict, where: str, require_summary: bool) -> Dialogue:
+def _to_dialogue(row: dict, where: str, require_summary: bool, needed: tuple[str, ...]) -> Dialogue:
     columns = _summary_columns(row)
-    for name in ("fname", "dialogue"):
+    for name in needed:
         if not _text(row.get(name)):
             raise UserError(f"{where}: empty {name!r}")
     references = [t for t in (_text(row[c]) for c in columns) if t]
     if require_summary and not references:
         raise UserError(f"{where}: empty {columns[0]!r}")
     topic = _text(row.get("topic", row.get("topic1")))
-    return Dialogue(fname=_text(row["fname"]), dialogue=_text(row["dialogue"]), references=references, topic=topic)
+    return Dialogue(fname=_text(row["fname"]), dialogue=_text(row.get("dialogue")), references=references, topic=topic)
 
 
 def find_placeholder_tokens(dialogues: list[Dialogue]) -> list[str]:

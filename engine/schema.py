@@ -55,6 +55,7 @@ class TrainingConfig:
     learning_rate: float = _f(5e-5, "Peak learning rate.", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     warmup_ratio: float = _f(0.0, "Fraction of steps for linear warm-up.", min=0.0, max=1.0)
+    warmup_steps: int = _f(0, "Linear warm-up steps; > 0 replaces warmup_ratio.", min=0)
     lr_scheduler_type: str = _f("linear", "transformers scheduler name.",
                                 choices=["linear", "cosine", "constant", "constant_with_warmup", "polynomial"])
     optim: str = _f("adamw_torch", "transformers optimizer name.", choices=["adamw_torch", "adamw_torch_fused", "adafactor"])

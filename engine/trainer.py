@@ -27,6 +27,7 @@ from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment, git_commit
+from engine.errors import UserError
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
@@ -128,7 +129,8 @@ class DialogueSummarizationTrainer:
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
             weight_decay=t.weight_decay,
-            warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+            # transformers 5: an int >= 1 is steps, a float in [0, 1) a ratio of total steps
+            warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
             lr_scheduler_type=t.lr_scheduler_type,
             optim=t.optim,
             max_grad_norm=t.max_grad_norm,
@@ -312,12 +314,26 @@ def _teardown() -> None:
 
 
 def create_trainer(config_path: str, sweep_mode: bool = False) -> DialogueSummarizationTrainer:
-    """Public API from the seed: config file -> trainer. In sweep mode the W&B run's parameters are a config layer."""
+    """Public API from the seed: config file -> trainer. In sweep mode (inside `wandb.agent`, after `wandb.init()`)
+    the W&B run's config is the sweep layer, named nested or flat through `engine.config_aliases`, and the run keeps
+    the W&B run's id, so the engine logs into that same W&B run (and leaves it open for the caller)."""
     from engine.distributed import plan_for_this_process
 
     sweep_params = None
     if sweep_mode:
         import wandb
 
-        sweep_params = dict(wandb.config) if wandb.run is not None else {}
+        from engine.config import load_config
+        from engine.config_aliases import to_config_params
+
+        if wandb.run is None:
+            raise UserError("create_trainer(sweep_mode=True): no active W&B run; call wandb.init() first "
+                            "(wandb.agent starts the function that does)")
+        base = load_config([config_path]).config
+        sweep_params, notes = to_config_params(dict(wandb.config), "wandb.config",
+                                               world=int(os.environ.get("WORLD_SIZE", "1")),
+                                               base_global=base.training.global_batch_size)
+        for note in notes:
+            log.info("sweep parameter: %s", note)
+        os.environ["DIALSUM_RUN_ID"] = wandb.run.id  # the tracked run and the W&B run are one
     return DialogueSummarizationTrainer(plan_for_this_process([config_path], sweep_params=sweep_params))

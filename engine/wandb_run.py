@@ -18,6 +18,7 @@ class WandbRun:
         self.cfg = cfg
         self.run_id = run_id
         self.run = None
+        self.owned = True  # False: the run was started by the caller (a sweep function), who finishes it
         self.enabled = cfg.tracking.wandb_mode != "disabled"
 
     def _guard(self, what: str, fn, *args, **kwargs):
@@ -34,6 +35,11 @@ class WandbRun:
         def _init():
             import wandb
 
+            if wandb.run is not None and wandb.run.id == self.run_id:
+                # create_trainer(sweep_mode=True) inside the caller's run: log into it, leave finishing to the caller
+                self.run, self.owned = wandb.run, False
+                self.run.config.update({**config, "plan": plan}, allow_val_change=True)
+                return self.run.id
             t = self.cfg.tracking
             root = Path(self.cfg.experiment.output_root).resolve()
             root.mkdir(parents=True, exist_ok=True)
@@ -70,6 +76,6 @@ class WandbRun:
             self._guard("artifact", _log)
 
     def finish(self, exit_code: int) -> None:
-        if self.run is not None:
+        if self.run is not None and self.owned:
             self._guard("finish", self.run.finish, exit_code=exit_code)
-            self.run = None
+        self.run = None

@@ -97,7 +97,7 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
 
     shutil.copytree(tmp_path / "out", tmp_path / "out1")  # the same preempted job, to resume on one rank below
 
-    proc = run_dialsum("launch", str(config), "--nproc", "2", "--resume", run_id)
+    proc = run_dialsum("launch", str(config), "--nproc", "2", "--run-id", run_id)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = only_run(tmp_path)
     assert run["status"] == "completed" and run["wandb_id"] == wandb_id
@@ -117,7 +117,7 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
 
     one_rank = config_with(tmp_path / "out1", tiny_model_dir, experiment={"output_root": str(tmp_path / "out1"),
                                                                           "name": "e2e", "seed": 7})
-    proc = run_dialsum("launch", str(one_rank), "--nproc", "1", "--resume", run_id)
+    proc = run_dialsum("launch", str(one_rank), "--nproc", "1", "--run-id", run_id)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run1 = Tracker(open_store(f"sqlite:///{tmp_path / 'out1' / 'dialsum.db'}")).get_run(run_id)
     assert run1["status"] == "completed"

@@ -334,7 +334,7 @@ def test_plan_cli_json_and_table(models, tmp_path, capsys):
 
 
 def test_plan_cli_bare_parameter_count(capsys):
-    assert main(["plan", "--model-params", "7.5B", "--gpus", "8", "--gpu-memory", "80GB", "--nodes", "8",
+    assert main(["plan", "--model-params", "7.5B", "--gpus", "8", "--gpu-memory", "80GB", "--nnodes", "8",
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["world_size"] == 64 and data["micro_batch_size"] == 1

@@ -185,3 +185,23 @@ def test_evaluate_cli_korean(tmp_path):
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["tokenizer"] == "default" and got["rouge1_f1"] == pytest.approx(0.5)  # Korean default: whitespace
+
+
+def test_evaluate_cli_takes_an_answer_file_without_dialogues(tmp_path, rows):
+    """The competition's answer file is `fname,summary1,summary2,summary3`: scoring needs no dialogue column."""
+    answers = tmp_path / "answers.csv"
+    with open(answers, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fname", "summary1", "summary2", "summary3"])
+        writer.writerows((r["fname"], r["summary1"], r["summary2"], r["summary3"]) for r in rows)
+    preds = tmp_path / "preds.csv"
+    _write_predictions(preds, [(r["fname"], r["summary2"]) for r in rows])
+    done = _dialsum("evaluate", "--predictions", str(preds), "--references", str(answers), "--json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["num_samples"] == 100 and got["rouge_combined_f1"] == 3.0  # summary2 is one of the three references
+    with_dialogue = _dialsum("evaluate", "--predictions", str(preds), "--references", str(TEST_CSV), "--json")
+    assert json.loads(with_dialogue.stdout) == got
+    answers.write_text("fname,answer\ntest_0,x\n", encoding="utf-8")  # still needs a summary column
+    done = _dialsum("evaluate", "--predictions", str(preds), "--references", str(answers))
+    assert done.returncode == 2 and "missing column 'summary'" in done.stderr and "Traceback" not in done.stderr

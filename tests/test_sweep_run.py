@@ -234,3 +234,69 @@ def test_killed_agent_does_not_lose_the_sweep(tmp_path, sweep_files):
     assert len(finished) == 2  # the count is met: one new trial and the retry
     _check_trial_runs(finished, tracker)
     assert tracker.get_run(killed_run)["status"] == "crashed"  # no heartbeat from the killed rank 0
+
+
+SEED_SWEEP_FUNCTION = """
+import json, sys
+import wandb
+from engine.trainer import create_trainer
+
+config_path, wandb_dir = sys.argv[1], sys.argv[2]
+# what wandb.agent hands the function: flat HF names and a nested dialsum section
+run = wandb.init(project="seed-sweep", dir=wandb_dir, mode="offline",
+                 config={"learning_rate": 2e-3, "num_beams": 2, "generation_max_length": 9,
+                         "training": {"max_steps": 4}})
+trainer = create_trainer(config_path, sweep_mode=True)
+datasets = trainer.prepare_data()
+result = trainer.train(datasets)
+still_open = wandb.run is not None and wandb.run.id == run.id
+wandb.log(result.best_metrics)  # the seed's own sweep function does this after train()
+run.finish()
+print("RESULT " + json.dumps({"wandb_id": run.id, "run_id": result.run_id, "best": result.best_metrics,
+                              "cfg": [trainer.cfg.training.learning_rate, trainer.cfg.generation.num_beams,
+                                      trainer.cfg.generation.max_new_tokens, trainer.cfg.training.max_steps],
+                              "still_open": still_open}))
+"""
+
+
+def test_seed_sweep_api_reads_wandb_config_and_logs_into_the_same_run(tmp_path, tiny_model_dir):
+    """create_trainer(cfg, sweep_mode=True) under an active offline W&B run: its config (flat HF names, nested keys)
+    is the sweep layer, the engine logs into that run (no second one), and best_metrics has the ROUGE keys."""
+    from launch_helpers import small_config, wandb_history
+
+    config = small_config(tmp_path, tiny_model_dir, parallel={"deepspeed": False, "zero_stage": None},
+                          training={"eval_steps": 2, "logging_steps": 1},
+                          data={"max_train_samples": 16, "max_eval_samples": 4})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # a plain process as a world of one (RANK etc. set so DeepSpeed/accelerate never try MPI discovery)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WANDB_MODE": "offline"}
+    env.pop("DIALSUM_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-c", SEED_SWEEP_FUNCTION, str(config), str(tmp_path / "user")],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    (line,) = [x for x in out.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["cfg"] == [2e-3, 2, 8, 4]  # generation_max_length 9 counts the decoder start token
+    assert result["run_id"] == result["wandb_id"] and result["still_open"]
+    assert {"rouge1_f1", "rouge2_f1", "rougeL_f1", "rouge_combined_f1"} <= set(result["best"])
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].parent == tmp_path / "user" / "wandb", runs  # no second W&B run
+    history = wandb_history(runs[0])
+    assert any("eval/rouge_combined_f1" in h for h in history) and any("train/loss" in h for h in history)
+    assert any("rouge_combined_f1" in h for h in history)  # the function's own wandb.log after train()
+    store = open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}")
+    try:
+        run = Tracker(store).get_run(result["run_id"])
+        assert run["status"] == "completed" and run["config"]["training"]["learning_rate"] == 2e-3
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ import yaml
 
 from engine.errors import UserError
 from launcher.sweep.optuna_backend import make_sampler, suggest
-from launcher.sweep.spec import load_sweep, parse_sweep
+from launcher.sweep.spec import check_params, load_sweep, parse_sweep
 from launcher.sweep.wandb_backend import params_from_wandb, to_wandb_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -174,7 +174,7 @@ def test_hyperband_and_metric_normalisation():
     ("method: random", "sweep.yaml: parameters: required"),
     ("method: random\nparameters: {}", "sweep.yaml: parameters: expected a non-empty mapping"),
     ("method: random\nparameters: {a.b: 3}", "sweep.yaml: parameters.a.b: expected a mapping"),
-    ("method: random\nmetric: {name: x, goal: max}\nparameters: {a.b: {value: 1}}", "sweep.yaml: metric.goal: expected maximize or minimize"),
+    ("method: random\nmetric: {name: loss, goal: max}\nparameters: {a.b: {value: 1}}", "sweep.yaml: metric.goal: expected maximize or minimize"),
     ("method: random\nmetric: {goal: maximize}\nparameters: {a.b: {value: 1}}", "sweep.yaml: metric.name: required"),
     ("method: random\nparamters: {a.b: {value: 1}}", "sweep.yaml: paramters: unknown key (did you mean 'parameters'?)"),
     ("method: random\nrun_cap: 0\nparameters: {a.b: {value: 1}}", "sweep.yaml: run_cap: must be >= 1"),
@@ -200,11 +200,11 @@ def test_unbounded_random_sweep_needs_a_budget():
 
 @pytest.mark.parametrize("params, message", [
     ("training: {parameters: {learning_rat: {values: [1e-4]}}}",
-     "parameters.training.learning_rat: rejected by the config: unknown key (did you mean 'learning_rate'?)"),
+     "parameters.training.learning_rat: unknown parameter (did you mean 'training.learning_rate'?)"),
     ("training.warmup_ratio: {min: 0.0, max: 2.0}", "parameters.training.warmup_ratio: rejected by the config: must be between 0.0 and 1.0; got 2.0"),
     ("training.optim: {values: [adamw_torch, sgd]}", "parameters.training.optim: rejected by the config: must be one of"),
     ("training.max_steps: {values: [abc]}", "parameters.training.max_steps: rejected by the config: expected int"),
-    ("learning_rate: {value: 1e-4}", "parameters.learning_rate: rejected by the config"),
+    ("learning_rate: {value: -1.0}", "parameters.learning_rate: rejected by the config: must be >= 0.0"),
 ])
 def test_parameters_are_checked_against_the_config(tmp_path, base_yaml, params, message):
     sweep = tmp_path / "sw.yaml"
@@ -217,7 +217,7 @@ def test_parameters_are_checked_against_the_config(tmp_path, base_yaml, params, 
 def test_load_sweep_rejects_set_on_a_swept_key_and_reads_yaml_errors(tmp_path, base_yaml):
     sweep = tmp_path / "sw.yaml"
     sweep.write_text("method: random\nrun_cap: 2\nparameters:\n  training.learning_rate: {values: [1e-4]}\n")
-    with pytest.raises(UserError, match="parameters.training.learning_rate: also fixed by --set"):
+    with pytest.raises(UserError, match="parameters.training.learning_rate: training.learning_rate is also fixed by --set"):
         load_sweep(sweep, [str(base_yaml)], ["training.learning_rate=1e-3"])
     assert load_sweep(sweep, [str(base_yaml)]).parameters[0].values == ("1e-4",)
     sweep.write_text("method: random\nmethod: grid\n")
@@ -229,11 +229,11 @@ def test_load_sweep_rejects_set_on_a_swept_key_and_reads_yaml_errors(tmp_path, b
 
 
 def test_wandb_translation_keeps_the_yaml_and_names_the_logged_metric():
-    data = yaml.safe_load(ALL_FORMS + "program: train.py\nname: lr-sweep\n")
+    data = yaml.safe_load(ALL_FORMS + "name: lr-sweep\n")
     spec = parse_sweep(data, "sweep.yaml")
     out = to_wandb_config(spec, data)
     assert out["metric"] == {"name": "eval/rouge_combined_f1", "goal": "maximize"}
-    assert out["name"] == "lr-sweep" and "program" not in out and out["run_cap"] == 12
+    assert out["name"] == "lr-sweep" and out["run_cap"] == 12
     assert out["parameters"] == data["parameters"] and out["method"] == "random"
     # wandb.config comes back nested the way the YAML was (or with flat dotted keys)
     config = {"training": {k: 1 for k in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
@@ -267,3 +267,143 @@ def test_dry_run_cli_prints_valid_parameter_sets_and_clear_errors(tmp_path, base
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"dialsum: error: {sweep}: parameters.training.learning_rate: method grid needs "
                                    "discrete values; 'distribution: uniform' is continuous (use values: [...])")
+
+
+# ---------------------------------------------------------------------------------- sweep files people already have
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sweeps"
+RUN_UNCHANGED = {"hf_trainer_bayes.yaml", "hf_summarization_rouge.yaml", "kobart_competition.yaml",
+                 "beta_label_smoothing.yaml"}
+REFUSED = {
+    "wandb_docs_structure.yaml": "program: not run by dialsum",
+    "keras_dropout.yaml": "program: not run by dialsum",
+    "yolov5_sweep.yaml": "program: not run by dialsum",
+    "hydra_dotted.yaml": "program: not run by dialsum",
+    "hyperband_max_iter.yaml": "program: not run by dialsum",
+    "wandb_dict_config.yaml": "parameters.optimizer: unknown parameter (did you mean 'training.optim'?)",
+    "fastai_accuracy.yaml": "metric.name: 'accuracy' is not logged by dialsum runs",
+    "allennlp_trainer.yaml": "metric.name: 'validation_accuracy' is not logged by dialsum runs",
+    "seed_nested.yaml": "parameters.inference.num_beams: unknown parameter (did you mean 'generation.num_beams'?)",
+}
+
+
+def test_every_fixture_is_classified():
+    assert {p.name for p in FIXTURES.glob("*.yaml")} == RUN_UNCHANGED | set(REFUSED)
+    assert len(RUN_UNCHANGED) == 4 and len(RUN_UNCHANGED) + len(REFUSED) == 13
+
+
+@pytest.mark.parametrize("name", sorted(RUN_UNCHANGED))
+def test_fixture_sweeps_run_unchanged(name, base_yaml):
+    """Every parameter resolves to a dialsum key and sampled sets load as a config (what --dry-run checks)."""
+    from engine.config_aliases import config_keys
+
+    spec = load_sweep(FIXTURES / name, [str(base_yaml)])
+    for params in samples(spec, 3):
+        config_params = spec.config_params(params)
+        assert set(config_params) <= set(config_keys())
+        loaded = check_params(spec, params, [str(base_yaml)], [])
+        for key, value in config_params.items():
+            section, field = key.split(".")
+            assert getattr(getattr(loaded.config, section), field) == value
+            assert loaded.sources[key] == "sweep"
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_fixture_sweeps_that_cannot_map_are_refused_in_one_line(name, base_yaml):
+    with pytest.raises(UserError) as err:
+        load_sweep(FIXTURES / name, [str(base_yaml)])
+    message = str(err.value)
+    assert message.startswith(f"{FIXTURES / name}: {REFUSED[name]}"), message
+    assert "\n" not in message
+
+
+def test_hf_names_map_through_one_alias_table(tmp_path, base_yaml):
+    sweep = tmp_path / "hf.yaml"
+    sweep.write_text("method: grid\nmetric: {name: eval_loss}\nparameters:\n"
+                     "  per_device_train_batch_size: {values: [4, 8]}\n  gradient_accumulation_steps: {value: 2}\n"
+                     "  generation_max_length: {value: 100}\n  warmup_steps: {value: 50}\n  lr: {value: 3e-5}\n")
+    spec = load_sweep(sweep, [str(base_yaml)], world=2)
+    assert spec.metric == "loss" and spec.goal == "minimize"
+    params = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "generation_max_length": 100,
+              "warmup_steps": 50, "lr": "3e-5"}
+    assert spec.config_params(params) == {"training.global_batch_size": 32, "generation.max_new_tokens": 99,
+                                          "training.warmup_steps": 50, "training.learning_rate": "3e-5"}
+    loaded = check_params(spec, params, [str(base_yaml)], [])
+    assert loaded.config.training.global_batch_size == 32 and loaded.config.training.learning_rate == 3e-5
+    notes = " | ".join(spec.mapping_notes())
+    assert "per_device_train_batch_size x gradient_accumulation_steps x world size -> training.global_batch_size" in notes
+    assert "generation_max_length 100 -> generation.max_new_tokens 99" in notes and "lr -> training.learning_rate" in notes
+    # accumulation alone multiplies the base config's global batch (8)
+    assert spec.config_params({"gradient_accumulation_steps": 4}) == {"training.global_batch_size": 32}
+
+
+@pytest.mark.parametrize("params, message", [
+    ("model.learning_rate: {value: 1e-4}", "parameters.model.learning_rate: unknown parameter (did you mean "
+                                           "'training.learning_rate'?)"),
+    ("num_train_epoch: {value: 2}", "parameters.num_train_epoch: unknown parameter (did you mean "
+                                    "'training.num_train_epochs'?)"),
+    ("fp16: {values: [true, false]}", "parameters.fp16: not taken by dialsum: precision is one key: use "
+                                      "parallel.precision"),
+    ("learning_rate: {value: 1e-4}\n  training.learning_rate: {value: 2e-4}",
+     "parameters.training.learning_rate: sets training.learning_rate, as parameters.learning_rate does"),
+    ("per_device_train_batch_size: {value: 4}\n  batch_size: {value: 8}",
+     "parameters.batch_size: sets training.global_batch_size, as parameters.per_device_train_batch_size does"),
+])
+def test_unknown_and_clashing_names_are_one_line_errors(tmp_path, base_yaml, params, message):
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text(f"method: random\nrun_cap: 2\nparameters:\n  {params}\n")
+    with pytest.raises(UserError) as err:
+        load_sweep(sweep, [str(base_yaml)])
+    assert str(err.value).startswith(f"{sweep}: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize("name, key", [("eval_loss", "loss"), ("val_loss", "loss"), ("eval/loss", "loss"),
+                                       ("loss", "loss"), ("eval_rouge1", "rouge1_f1"), ("rouge-1", "rouge1_f1"),
+                                       ("rouge1", "rouge1_f1"), ("eval/rougeL", "rougeL_f1"),
+                                       ("rouge-2", "rouge2_f1"), ("rouge_combined_f1", "rouge_combined_f1"),
+                                       ("eval/rouge_combined_f1", "rouge_combined_f1")])
+def test_metric_aliases_name_what_runs_log(name, key):
+    assert spec_of(f"method: random\nmetric: {{name: '{name}'}}\nparameters: {{a.b: {{value: 1}}}}").metric == key
+
+
+def test_unknown_metric_fails_before_any_trial_with_exit_2(tmp_path, base_yaml):
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text("method: random\nrun_cap: 1\nmetric: {name: val_acc, goal: maximize}\n"
+                     "parameters:\n  learning_rate: {values: [1e-4]}\n")
+    done = _dialsum("sweep", str(sweep), "--config", str(base_yaml), cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{sweep}: metric.name: 'val_acc' is not logged by dialsum runs" in done.stderr
+    assert not (tmp_path / "out").exists()  # no sweep folder, no trial
+
+
+def test_hyperband_with_min_and_max_iter_follows_wandb():
+    """W&B's engine takes max_iter and s when max_iter is given: bands int(max_iter / eta^k), k = 1..s."""
+    spec = spec_of("method: random\nparameters: {x.y: {value: 1}}\n"
+                   "early_terminate: {type: hyperband, min_iter: 1, max_iter: 27, s: 2, eta: 3}")
+    assert spec.hyperband.kwargs() == {"min_resource": 3, "max_resource": 27, "reduction_factor": 3}
+    assert any("bands [3, 9]; min_iter is ignored" in n for n in spec.notes)
+    spec = spec_of("method: random\nparameters: {x.y: {value: 1}}\n"
+                   "early_terminate: {type: hyperband, max_iter: 10, s: 3, eta: 2}")
+    assert spec.hyperband.min_resource == 1  # bands 5, 2, 1
+
+
+@pytest.mark.parametrize("key", ["program: train.py", "command: [python, train.py, '${args}']", "job: my-job:v1"])
+def test_program_command_and_launch_keys_are_refused_naming_the_key(key):
+    with pytest.raises(UserError) as err:
+        spec_of(f"method: random\n{key}\nparameters: {{a.b: {{value: 1}}}}")
+    assert str(err.value).startswith(f"sweep.yaml: {key.split(':')[0]}: ")
+
+
+def test_beta_and_q_beta_sample_as_wandb_defines_them():
+    spec = spec_of("method: random\nparameters:\n  a.x: {distribution: beta, a: 2, b: 8}\n"
+                   "  a.y: {distribution: q_beta, a: 1, b: 1, q: 0.25}\n  a.z: {distribution: beta}\n")
+    draws = samples(spec, 200)
+    xs = [d["a.x"] for d in draws]
+    assert all(0 <= x <= 1 for x in xs) and abs(sum(xs) / len(xs) - 0.2) < 0.03  # mean a / (a + b)
+    assert {d["a.y"] for d in draws} <= {0.0, 0.25, 0.5, 0.75, 1.0} and len({d["a.y"] for d in draws}) >= 4
+    zs = [d["a.z"] for d in draws]
+    assert 0.4 < sum(zs) / len(zs) < 0.6  # a = b = 1 by default: uniform
+    with pytest.raises(UserError, match="parameters.a.x.a: must be > 0"):
+        spec_of("method: random\nparameters:\n  a.x: {distribution: beta, a: 0}\n")
+    with pytest.raises(UserError, match="parameters.a.x.a: not used by 'distribution: uniform'"):
+        spec_of("method: random\nparameters:\n  a.x: {min: 0.0, max: 1.0, a: 2}\n")

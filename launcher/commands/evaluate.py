@@ -1,7 +1,7 @@
 """`dialsum evaluate --predictions P.csv --references R.csv`: ROUGE of any predictions file against references.
 
-Predictions are a submission (`fname,summary`); references are a data split (`fname,dialogue,summary` or
-`summary1..N`). Rows are joined on fname; every reference dialogue needs exactly one prediction and vice versa.
+Predictions are a submission (`fname,summary`); references need `fname` and `summary` or `summary1..N` (a data split
+with its `dialogue` column, or an answer file without it). Rows are joined on fname; every reference dialogue needs exactly one prediction and vice versa.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="ROUGE-1/2/L F1 of a predictions CSV against references")
     parser.add_argument("--predictions", required=True, type=Path, help="CSV with fname,summary (a submission)")
     parser.add_argument("--references", required=True, type=Path,
-                        help="CSV or JSONL with fname, dialogue and summary or summary1..N (best over references)")
+                        help="CSV or JSONL with fname and summary or summary1..N (best over references); a "
+                             "dialogue column is allowed, not needed")
     parser.add_argument("--lang", choices=LANGS, default="en", help="language of the summaries (default: en)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="default",
                         help="ROUGE tokenizer; 'default' is rouge-score's for en and 'whitespace' for ko "
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.rouge import score_summaries
 
     predictions = read_predictions(args.predictions)
-    references = read_dialogues(args.references, require_summary=True, key="--references")
+    references = read_dialogues(args.references, require_summary=True, require_dialogue=False, key="--references")
     missing = [d.fname for d in references if d.fname not in predictions]
     if missing:
         raise UserError(f"{args.predictions}: no prediction for fname {missing[0]!r} "

@@ -20,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="torch elastic restarts of the worker group (each resumes from the last checkpoint)")
-    parser.add_argument("--run-id", "--resume", dest="run_id", default=None, metavar="RUN_ID",
+    parser.add_argument("--run-id", dest="run_id", default=None, metavar="RUN_ID",
                         help="use this run id (default: DIALSUM_RUN_ID, else new); a run with a complete checkpoint "
                              "resumes from it, at any rank count (the planner keeps the global batch)")
+    parser.add_argument("--resume", dest="run_id", help=argparse.SUPPRESS)  # deprecated spelling of --run-id
     parser.add_argument("--topology-file", default=None, help="plan for a described topology instead of this machine")
     parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
                         help="sweep parameters (dotted keys), applied above files and environment, below --set")

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--topology-file", default=None, help="plan for a described topology (YAML/JSON) instead of "
                         "this machine")
     parser.add_argument("--nproc", type=int, default=None, help="rank processes per node (default: GPUs, or 1 on CPU)")
-    parser.add_argument("--nodes", type=int, default=None, help="nodes (default: the topology's cluster view)")
+    parser.add_argument("--nnodes", type=int, default=None, help="nodes (default: the topology's cluster view)")
+    parser.add_argument("--nodes", dest="nnodes", type=int, help=argparse.SUPPRESS)  # deprecated spelling
     parser.add_argument("--model-params", default=None, metavar="N",
                         help="plan for a bare parameter count instead of a config (e.g. 7e9, 350M, 7B)")
     parser.add_argument("--gpus", type=int, default=None, help="with --model-params: GPUs per node")
@@ -57,7 +58,7 @@ def _bare_plan(args: argparse.Namespace) -> Plan:
                         "--topology-file with it")
     if not args.gpus or not args.gpu_memory:
         raise UserError("--model-params: needs --gpus G and --gpu-memory SIZE (e.g. --gpus 8 --gpu-memory 80GB)")
-    params, nodes = parse_count(args.model_params), args.nodes or 1
+    params, nodes = parse_count(args.model_params), args.nnodes or 1
     memory = parse_size(args.gpu_memory, "--gpu-memory")
     gpus = [GPUInfo(index=i, name="GPU", memory_total_bytes=memory, compute_capability="8.0", bf16=True)
             for i in range(args.gpus)]
@@ -81,7 +82,7 @@ def _config_plan(args: argparse.Namespace) -> Plan:
         raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
     loaded = load_from_args(args)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
-    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nodes, nproc_per_node=args.nproc)
+    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nnodes, nproc_per_node=args.nproc)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -137,7 +137,7 @@ def _target_reached(spec: SweepSpec, study: optuna.Study) -> bool:
 class Agent:
     def __init__(self, settings: AgentSettings):
         self.s = settings
-        self.spec = load_sweep(settings.sweep_file, settings.configs, settings.overrides)
+        self.spec = load_sweep(settings.sweep_file, settings.configs, settings.overrides, world=settings.nproc)
         self.base = load_config(settings.configs, settings.overrides).config
         self.dir = sweep_dir(self.base.experiment.output_root, self.spec.name)
         storage = open_storage(settings.storage)
@@ -183,7 +183,8 @@ class Agent:
             self._fail(trial, str(exc))
             return
         trials_dir = self.dir / "trials"
-        params_file = atomic_write_text(trials_dir / f"{trial.number}.json", json.dumps(params, indent=2))
+        params_file = atomic_write_text(trials_dir / f"{trial.number}.json",
+                                        json.dumps(spec.config_params(params), indent=2))
         log_file = trials_dir / f"{trial.number}.log"
         cmd = trial_command(s, spec.name, f"{spec.name}-trial-{trial.number}", registry_name(self.base), params_file)
         link = TrialLink(storage=s.storage, study=spec.name, trial_id=trial._trial_id, number=trial.number,

@@ -38,8 +38,8 @@ def dry_run(spec: SweepSpec, settings: AgentSettings, n: int) -> None:
     for i in range(min(n, settings.count)):
         params = suggest(study.ask(), spec)
         check_params(spec, params, settings.configs, settings.overrides)
-        rows.append([i, json.dumps(params)])
-    print_table(f"first {len(rows)} parameter sets (valid for the config)", ["#", "params"], rows)
+        rows.append([i, json.dumps(spec.config_params(params))])
+    print_table(f"first {len(rows)} parameter sets as config keys (valid for the config)", ["#", "params"], rows)
 
 
 def run_agents(settings: AgentSettings, agents: int, folder: Path) -> None:
@@ -104,7 +104,7 @@ def summarize(spec: SweepSpec, storage: str, base) -> bool:
 def run_sweep(args: argparse.Namespace) -> int:
     _check_args(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_sweep(args.sweep_file, args.configs, args.overrides)
+    spec = load_sweep(args.sweep_file, args.configs, args.overrides, world=args.nproc)
     base = load_config(args.configs, args.overrides).config
     wandb_mode = os.environ.get("WANDB_MODE") or base.tracking.wandb_mode
     backend = args.backend or ("wandb" if wandb_mode == "online" else "local")
@@ -120,6 +120,8 @@ def run_sweep(args: argparse.Namespace) -> int:
           f"backend {backend}{' (storage ' + storage + ')' if backend == 'local' else ''}{hb}")
     for note in spec.notes:
         print(f"note: {note}")
+    for note in spec.mapping_notes():
+        print(f"parameter: {note}")
     if args.dry_run:
         dry_run(spec, settings, args.show)
         return 0

@@ -3,7 +3,7 @@
 Storage is what lets agents share a sweep: a journal file (default `<output_root>/sweeps/<name>/journal.log`; many
 processes, or machines on a shared filesystem, no database) or an RDB URL (`postgresql+psycopg://...` for agents on
 other machines; `sqlite:///...` for one machine). Parameters Optuna cannot express natively (categorical
-`probabilities`, the normal family) are drawn as a uniform `u` in [0, 1] and mapped through the inverse CDF, so
+`probabilities`, the normal and beta families) are drawn as a uniform `u` in [0, 1] and mapped through the inverse CDF, so
 every sampler, the retry of a dead trial and `enqueue_trial` work on them unchanged.
 """
 from __future__ import annotations
@@ -74,12 +74,14 @@ def suggest_value(trial: optuna.Trial, p: ParamSpec, grid: bool) -> Any:
     if d in ("normal", "q_normal", "log_normal", "q_log_normal"):
         u = min(max(trial.suggest_float(p.key, 0.0, 1.0), _EPS), 1 - _EPS)
         return p.from_normal(NormalDist().inv_cdf(u))
+    if d in ("beta", "q_beta"):
+        return p.from_beta(trial.suggest_float(p.key, 0.0, 1.0))
     lo, hi = p.bounds()
     return p.quantize(trial.suggest_float(p.key, lo, hi, log=d not in ("uniform", "q_uniform")))
 
 
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
-    """The trial's sweep parameters as dotted config keys -> values."""
+    """The trial's sweep parameters, named as in the YAML (nested names dotted) -> values."""
     grid = spec.method == "grid"
     return {p.key: suggest_value(trial, p, grid) for p in spec.parameters}
 

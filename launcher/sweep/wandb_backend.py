@@ -18,12 +18,9 @@ from engine.errors import UserError
 from launcher.sweep.agent import AgentSettings, registry_name, sweep_dir, trial_command
 from launcher.sweep.spec import SweepSpec, check_params
 
-_LOCAL_ONLY = ("program", "command")
-
-
 def to_wandb_config(spec: SweepSpec, data: Mapping[str, Any]) -> dict:
     """The user's YAML as W&B takes it, with the metric normalised to the logged key and the sweep's name."""
-    out = {k: v for k, v in data.items() if k not in _LOCAL_ONLY}
+    out = dict(data)
     out["name"] = spec.name
     out["metric"] = {"name": f"eval/{spec.metric}", "goal": spec.goal,
                      **({"target": spec.target} if spec.target is not None else {})}
@@ -31,7 +28,7 @@ def to_wandb_config(spec: SweepSpec, data: Mapping[str, Any]) -> dict:
 
 
 def params_from_wandb(config: Mapping[str, Any], spec: SweepSpec) -> dict[str, Any]:
-    """wandb.config (nested as the YAML was, or flat dotted keys) -> {dotted key: value} for the swept keys."""
+    """wandb.config (nested as the YAML was, or flat dotted keys) -> {name as in the YAML: value} for the swept keys."""
     out = {}
     for p in spec.parameters:
         if p.key in config:
@@ -63,7 +60,7 @@ def run_wandb_agent(spec: SweepSpec, data: Mapping[str, Any], settings: AgentSet
         params, run_id = params_from_wandb(run.config, spec), run.id
         run.finish()
         check_params(spec, params, settings.configs, settings.overrides)
-        params_file = atomic_write_text(trials / f"{run_id}.json", json.dumps(params, indent=2))
+        params_file = atomic_write_text(trials / f"{run_id}.json", json.dumps(spec.config_params(params), indent=2))
         cmd = trial_command(settings, spec.name, f"{spec.name}-{run_id}", registry_name(base), params_file)
         subprocess.run(cmd, env={**os.environ, "DIALSUM_RUN_ID": run_id}, check=False)
 
