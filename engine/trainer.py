@@ -30,6 +30,7 @@ from engine.environment import collect_environment, git_commit
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
+from engine.redact import redact
 from engine.rouge import score_summaries
 from engine.signals import PREEMPTED_EXIT_CODE, PreemptionCallback
 from launcher.plan import Plan
@@ -163,7 +164,7 @@ class DialogueSummarizationTrainer:
         preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async)  # handlers first: a signal now is not fatal
         recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
         if self.rank == 0:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(redact(plan.config), sort_keys=False))
             plan.save(self.run_dir / "plan.json")
         recorder.start()
         trainer = None

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
     plan.save(plan_path)
+    plan.export_config()
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
                           master_port=args.master_port, max_restarts=args.max_restarts)
