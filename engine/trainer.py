@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -128,7 +129,7 @@ class DialogueSummarizationTrainer:
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
             weight_decay=t.weight_decay,
-            warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+            warmup_steps=warmup_steps(t.warmup_ratio),
             lr_scheduler_type=t.lr_scheduler_type,
             optim=t.optim,
             max_grad_norm=t.max_grad_norm,
@@ -287,6 +288,13 @@ class DialogueSummarizationTrainer:
             "max_target_length": self.cfg.data.max_target_length,
             "git_commit": git_commit(),
         }
+
+
+def warmup_steps(ratio: float) -> float:
+    """The Trainer's `warmup_steps` for a warm-up ratio. transformers 5 reads a float below 1 as a ratio of the total
+    steps and anything from 1 up as a step count, so a ratio of 1.0 would warm up for one step; the largest float below
+    1 gives ceil(total * (1 - 2**-53)) = total steps for any real step count."""
+    return min(ratio, math.nextafter(1.0, 0.0))
 
 
 def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
