@@ -58,6 +58,7 @@ class TrainResult:
     model_path: str | None = None
     model_version: int | None = None
     predictions_path: str | None = None
+    submission_path: str | None = None  # data.test_file summarized by the best model (fname,summary)
     preempted_at: int | None = None  # the step a preemption checkpoint was written at; the run is not finished
 
 
@@ -74,6 +75,8 @@ class RecorderCallback(TrainerCallback):
                 continue
             if key.startswith("eval_"):
                 metrics[f"eval/{key[5:]}"] = float(value)
+            elif key == "train_loss":  # the end-of-training average over all steps, not the last step's loss
+                metrics["train/loss_mean"] = float(value)
             else:
                 metrics[f"train/{key.removeprefix('train_')}"] = float(value)
         if metrics:
@@ -219,6 +222,8 @@ class DialogueSummarizationTrainer:
             result.model_path = str(model_dir)
             if (self.run_dir / "predictions.csv").exists():
                 result.predictions_path = str(self.run_dir / "predictions.csv")
+            if cfg.data.test_file and self.rank == 0:
+                result.submission_path = self._write_submission(model_dir, recorder, trainer.state.global_step)
             if cfg.tracking.register_model:
                 result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
                                                                self._model_metadata(datasets, result))
@@ -278,6 +283,18 @@ class DialogueSummarizationTrainer:
                 shutil.rmtree(target)
             tmp.rename(target)
         return target
+
+    def _write_submission(self, model_dir: Path, recorder, step: int) -> str:
+        """Rank 0: `data.test_file` summarized by the exported (best) model into <run>/submission.csv, beside
+        predictions.csv, with the generation settings evaluation used; a `submission` event records it on the run."""
+        from engine.predict import summarize_file
+
+        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if self.plan.device == "cuda"
+                  else torch.device("cpu"))
+        path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
+                                    batch_size=self.plan.micro_batch_size, device=device, key="data.test_file")
+        recorder.log_event(step, "submission", {"path": str(path), "rows": rows, "test_file": self.cfg.data.test_file})
+        return str(path)
 
     def _model_metadata(self, datasets: Datasets, result: TrainResult) -> dict:
         return {

@@ -37,6 +37,8 @@ def check_data(cfg) -> None:
     d = cfg.data
     read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
+    if d.test_file:
+        read_dialogues(d.test_file, require_summary=False, key="data.test_file")
 
 
 def read_sweep_params(path: str | None) -> dict | None:
