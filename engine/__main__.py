@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
+    from engine.redact import redact_logging
+
+    redact_logging()
     try:
         from engine.plan import Plan
 

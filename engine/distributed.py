@@ -45,6 +45,22 @@ def slurm_port(job_id: str | int) -> int:
     return 20000 + int(job_id) % 20000
 
 
+def adopt_world_of_one(env: dict[str, str] | None = None) -> None:
+    """A plain process (the Python API, `python -m engine`, no launcher): the env:// variables of a one-rank world on
+    a free local port, so DeepSpeed and the Trainer initialise a process group of one instead of trying MPI
+    discovery (which needs mpi4py). Nothing changes when a launcher already set RANK."""
+    env = os.environ if env is None else env
+    if "RANK" in env:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+
+
 def init_process_group(use_deepspeed: bool) -> None:
     if torch.distributed.is_initialized():
         return
@@ -69,6 +85,7 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     loaded = load_config(config_files, overrides, sweep_params=sweep_params)
     if world_size == 1:
+        adopt_world_of_one()
         plan = make_plan(loaded, detect_topology(), run_id=new_run_id(), nnodes=1, nproc_per_node=1)
         os.environ.update(plan.env)
         return plan

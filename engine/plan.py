@@ -7,12 +7,16 @@ transformers, so the CLI loads it cheaply.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.atomic import atomic_write_text
+from engine.redact import redact
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
+# Carries the unredacted config from the launcher to its ranks (their environment, never a file).
+CONFIG_ENV = "DIALSUM_PLAN_CONFIG"
 
 
 @dataclass
@@ -53,8 +57,19 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        return cls.from_json(Path(path).read_text())
+        """The saved (redacted) plan, with the real config from CONFIG_ENV when the launcher exported this plan's."""
+        plan = cls.from_json(Path(path).read_text())
+        real = json.loads(os.environ.get(CONFIG_ENV) or "null")
+        if real is not None and redact(real) == plan.config:
+            plan.config = real
+        return plan
 
     def save(self, path: str | Path) -> None:
-        """Atomic write: ranks may read the file while the launcher is still around."""
-        atomic_write_text(path, self.to_json())
+        """Atomic write of the redacted plan: ranks may read the file while the launcher is still around."""
+        atomic_write_text(path, json.dumps(redact(asdict(self)), indent=2, sort_keys=True))
+
+    def export_config(self) -> None:
+        """The real config for the ranks this process starts, through their environment only (plan.json is
+        redacted): `load` takes it back when it redacts to the saved config."""
+        if redact(self.config) != self.config:
+            os.environ[CONFIG_ENV] = json.dumps(self.config)

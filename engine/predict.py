@@ -67,28 +67,36 @@ def summarize(model, tokenizer, dataset: SummarizationDataset, generation: Gener
     return summaries
 
 
-def predict(cfg: DialsumConfig, model_ref: str, input_path: str | Path, out_path: str | Path, *,
-            batch_size: int = 16) -> PredictResult:
-    """Load the registered checkpoint, summarize `input_path` (CSV/JSONL with fname, dialogue) and write
-    `fname,summary` to `out_path` atomically."""
+def summarize_file(cfg: DialsumConfig, model_dir: str | Path, input_path: str | Path, out_path: str | Path, *,
+                   batch_size: int, device: torch.device, key: str = "--input") -> tuple[Path, int]:
+    """The model saved in `model_dir` summarizes `input_path` (CSV/JSONL with fname, dialogue); `fname,summary` is
+    written to `out_path` atomically. Returns (out_path, rows)."""
     from engine.best import write_predictions_csv
     from engine.modeling import load_model_and_tokenizer
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
-    started = time.perf_counter()
-    dialogues = read_dialogues(input_path, require_summary=False, key="--input")
-    version = resolve_model(cfg, model_ref)
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=version["checkpoint_dir"]),
-                                                extra_special_tokens=[])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dialogues = read_dialogues(input_path, require_summary=False, key=key)
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)), extra_special_tokens=[])
     model.to(device).eval()
     d = cfg.data
     dataset = tokenize_split(dialogues, tokenizer, max_source_length=d.max_source_length,
                              max_target_length=d.max_target_length, source_prefix=d.source_prefix,
                              with_labels=False, cache_dir=None)
     summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size)
-    out = write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries)
-    return PredictResult(out_path=out, num_rows=len(summaries), model_ref=version["ref"],
+    return write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries), len(summaries)
+
+
+def predict(cfg: DialsumConfig, model_ref: str, input_path: str | Path, out_path: str | Path, *,
+            batch_size: int = 16) -> PredictResult:
+    """Load the registered checkpoint, summarize `input_path` (CSV/JSONL with fname, dialogue) and write
+    `fname,summary` to `out_path` atomically."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
+    started = time.perf_counter()
+    read_dialogues(input_path, require_summary=False, key="--input")  # a bad file fails before the model loads
+    version = resolve_model(cfg, model_ref)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out, rows = summarize_file(cfg, version["checkpoint_dir"], input_path, out_path, batch_size=batch_size,
+                               device=device)
+    return PredictResult(out_path=out, num_rows=rows, model_ref=version["ref"],
                          checkpoint_dir=version["checkpoint_dir"], device=str(device),
                          seconds=time.perf_counter() - started)

@@ -1,6 +1,10 @@
-"""Secret redaction for everything the store keeps (configs, plans, environments, events, metadata, errors)."""
+"""Secret redaction: `redact` is the only way a config (or anything derived from it) leaves a process, into the store,
+runs/<id>/config.yaml, runs/<id>/plan.json, W&B and log lines. Redacted: values under secret-looking keys anywhere,
+passwords inside URLs, and the values of the credential variables below wherever they appear."""
 from __future__ import annotations
 
+import logging
+import os
 import re
 from typing import Any
 
@@ -19,8 +23,17 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(_CAMEL.sub(r"\1_\2", str(key)).lower()))
 
 
+# Credentials users export for the libraries dialsum drives; their values never appear in anything dialsum writes.
+SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
 def redact_text(text: str) -> str:
-    return _URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name, "")
+        if len(value) >= 4 and value in text:
+            text = text.replace(value, REDACTED)
+    return text
 
 
 def redact(obj: Any) -> Any:
@@ -32,3 +45,22 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return redact_text(obj)
     return obj
+
+
+class RedactingFilter(logging.Filter):
+    """On a handler: the formatted message of every record goes through `redact_text` (errors quoting a store URI or a
+    callback's arguments included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logging() -> None:
+    """Attach `RedactingFilter` to every handler of the root logger (call after logging is configured)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,8 +23,9 @@ from engine.agreement import any_rank_flag, any_rank_flag_async
 from engine.atomic import atomic_write_text
 from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
+from engine.callbacks.pruning import sweep_callbacks_from_env
 from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint,
-                                  read_marker, safe_deepspeed_loads)
+                                  read_marker, safe_deepspeed_checkpoints)
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment, git_commit
@@ -31,11 +33,10 @@ from engine.errors import UserError
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
+from engine.plan import PREEMPTED_EXIT_CODE, Plan
+from engine.redact import redact
 from engine.rouge import score_summaries
-from engine.plan import PREEMPTED_EXIT_CODE
 from engine.signals import PreemptionCallback
-from engine.plan import Plan
-from engine.callbacks.pruning import sweep_callbacks_from_env
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class TrainResult:
     model_path: str | None = None
     model_version: int | None = None
     predictions_path: str | None = None
+    submission_path: str | None = None  # data.test_file summarized by the best model (fname,summary)
     preempted_at: int | None = None  # the step a preemption checkpoint was written at; the run is not finished
 
 
@@ -74,6 +76,8 @@ class RecorderCallback(TrainerCallback):
                 continue
             if key.startswith("eval_"):
                 metrics[f"eval/{key[5:]}"] = float(value)
+            elif key == "train_loss":  # the end-of-training average over all steps, not the last step's loss
+                metrics["train/loss_mean"] = float(value)
             else:
                 metrics[f"train/{key.removeprefix('train_')}"] = float(value)
         if metrics:
@@ -129,8 +133,7 @@ class DialogueSummarizationTrainer:
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
             weight_decay=t.weight_decay,
-            # transformers 5: an int >= 1 is steps, a float in [0, 1) a ratio of total steps
-            warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
+            warmup_steps=t.warmup_steps if t.warmup_steps > 0 else warmup_steps(t.warmup_ratio),
             lr_scheduler_type=t.lr_scheduler_type,
             optim=t.optim,
             max_grad_norm=t.max_grad_norm,
@@ -166,7 +169,7 @@ class DialogueSummarizationTrainer:
         preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async)  # handlers first: a signal now is not fatal
         recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
         if self.rank == 0:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(redact(plan.config), sort_keys=False))
             plan.save(self.run_dir / "plan.json")
         recorder.start()
         trainer = None
@@ -220,6 +223,8 @@ class DialogueSummarizationTrainer:
             result.model_path = str(model_dir)
             if (self.run_dir / "predictions.csv").exists():
                 result.predictions_path = str(self.run_dir / "predictions.csv")
+            if cfg.data.test_file and self.rank == 0:
+                result.submission_path = self._write_submission(model_dir, recorder, trainer.state.global_step)
             if cfg.tracking.register_model:
                 result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
                                                                self._model_metadata(datasets, result))
@@ -240,7 +245,8 @@ class DialogueSummarizationTrainer:
         job keeps its run id, so its run dir already holds them); at another world size, weights only."""
         checkpoint = latest_checkpoint(self.run_dir / "checkpoints")
         if checkpoint is None:
-            trainer.train()
+            with safe_deepspeed_checkpoints() if self.plan.use_deepspeed else contextlib.nullcontext():
+                trainer.train()
             return
         marker = read_marker(checkpoint)
         same_world = marker.get("world_size") == self.plan.world_size
@@ -252,7 +258,7 @@ class DialogueSummarizationTrainer:
                  self.plan.world_size)
         with contextlib.ExitStack() as stack:
             if self.plan.use_deepspeed:
-                stack.enter_context(safe_deepspeed_loads())
+                stack.enter_context(safe_deepspeed_checkpoints())
                 if not same_world:
                     recorder.log_event(marker["step"], "resume_optimizer_reset",
                                        {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
@@ -279,6 +285,18 @@ class DialogueSummarizationTrainer:
             tmp.rename(target)
         return target
 
+    def _write_submission(self, model_dir: Path, recorder, step: int) -> str:
+        """Rank 0: `data.test_file` summarized by the exported (best) model into <run>/submission.csv, beside
+        predictions.csv, with the generation settings evaluation used; a `submission` event records it on the run."""
+        from engine.predict import summarize_file
+
+        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if self.plan.device == "cuda"
+                  else torch.device("cpu"))
+        path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
+                                    batch_size=self.plan.micro_batch_size, device=device, key="data.test_file")
+        recorder.log_event(step, "submission", {"path": str(path), "rows": rows, "test_file": self.cfg.data.test_file})
+        return str(path)
+
     def _model_metadata(self, datasets: Datasets, result: TrainResult) -> dict:
         return {
             "base_model": self.cfg.model.name_or_path,
@@ -288,6 +306,13 @@ class DialogueSummarizationTrainer:
             "max_target_length": self.cfg.data.max_target_length,
             "git_commit": git_commit(),
         }
+
+
+def warmup_steps(ratio: float) -> float:
+    """The Trainer's `warmup_steps` for a warm-up ratio. transformers 5 reads a float below 1 as a ratio of the total
+    steps and anything from 1 up as a step count, so a ratio of 1.0 would warm up for one step; the largest float below
+    1 gives ceil(total * (1 - 2**-53)) = total steps for any real step count."""
+    return min(ratio, math.nextafter(1.0, 0.0))
 
 
 def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):

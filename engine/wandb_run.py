@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from engine.redact import redact, redact_text
 from engine.schema import DialsumConfig
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class WandbRun:
             self.run = wandb.init(
                 project=t.wandb_project, entity=t.wandb_entity or None, name=self.cfg.experiment.name,
                 group=self.cfg.experiment.group or None, tags=list(self.cfg.experiment.tags) or None,
-                notes=self.cfg.experiment.notes or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
-                dir=str(root), config={**config, "plan": plan}, settings=wandb.Settings(silent=True),
+                notes=redact_text(self.cfg.experiment.notes) or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
+                dir=str(root), config=redact({**config, "plan": plan}), settings=wandb.Settings(silent=True),
             )
             return self.run.id
 

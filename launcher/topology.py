@@ -233,6 +233,12 @@ def _visible(env: dict[str, str], count: int, uuids: list[str]) -> list[int]:
     return out
 
 
+def nvml_index(cuda_index: int, env: dict[str, str], uuids: list[str]) -> int:
+    """The NVML index of this process's CUDA device `cuda_index`: CUDA numbers only the devices CUDA_VISIBLE_DEVICES
+    leaves visible, NVML numbers all of them (`uuids`, in NVML order)."""
+    return _visible(env, len(uuids), uuids)[cuda_index]
+
+
 def _nvml_gpus(env: dict[str, str]) -> tuple[list[GPUInfo] | None, list[list[str]]]:
     """(None, []) when NVML is unavailable (no driver, no library)."""
     try:

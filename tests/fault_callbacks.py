@@ -32,3 +32,14 @@ class Fault(TrainerCallback):
             raise RuntimeError(f"injected fault on rank {self.rank} at step {self.step}")
         elif self.action == "signal_parent":
             os.kill(os.getppid(), getattr(signal, self.signal))
+
+
+class SecretProbe(TrainerCallback):
+    """Takes secrets as a user's callback would (an API key, a webhook URL with a password) and fails the rank unless
+    they arrive unredacted: `digest` is sha256 of `api_key + webhook_url`."""
+
+    def __init__(self, api_key: str, webhook_url: str, digest: str):
+        import hashlib
+
+        if hashlib.sha256((api_key + webhook_url).encode()).hexdigest() != digest:
+            raise ValueError("SecretProbe received redacted values")

@@ -1,12 +1,17 @@
 """Helpers for tests that run `dialsum launch` for real: a small config on the tiny model and a subprocess runner."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +40,58 @@ def small_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
     return path
 
 
-def run_dialsum(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+# Below pytest's 600 s, so a hung launch fails with its own output and its processes are ended by the test itself.
+LAUNCH_TIMEOUT_S = 480
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process we started, every descendant (torch elastic starts ranks in sessions of their own) and its
+    session, then reap it. Nothing is signalled once it has been reaped (its pid may belong to someone else)."""
+    if proc.returncode is None:
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_processes(commands: list[list[str]], timeout: float = LAUNCH_TIMEOUT_S,
+                  **popen_kwargs) -> list[subprocess.CompletedProcess]:
+    """Run commands that start processes of their own (launchers, ranks) side by side, each in its own session; in a
+    `finally`, every process tree is SIGKILLed, so nothing outlives the test, whether it passed, failed or timed out
+    (`subprocess.TimeoutExpired` after `timeout` seconds for all of them together). Output goes to temporary files,
+    so one process filling a pipe cannot stall the others."""
+    procs, files = [], []
+    try:
+        for command in commands:
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            files += [out, err]
+            procs.append(subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True,
+                                          **popen_kwargs))
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            kill_tree(proc)
+    done = []
+    for proc, out, err in zip(procs, files[::2], files[1::2]):
+        out.seek(0), err.seek(0)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()))
+        out.close(), err.close()
+    return done
+
+
+def run_dialsum(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = LAUNCH_TIMEOUT_S):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd or REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_processes([[sys.executable, "-m", "launcher.cli", *args]], timeout, cwd=cwd or REPO_ROOT,
+                         env=full_env)[0]
 
 
 def wandb_history(run_dir: Path) -> list[dict]:

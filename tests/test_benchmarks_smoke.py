@@ -3,18 +3,17 @@
 No timing is asserted: benchmarks are scripts, never timed tests. The ones that launch ranks are marked slow."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launch_helpers import LAUNCH_TIMEOUT_S, run_processes
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run_bench(script: str, *args: str, timeout: int = 300) -> str:
-    proc = subprocess.run([sys.executable, str(BENCH_DIR / script), "--quick", *args], cwd=BENCH_DIR,
-                          capture_output=True, text=True, timeout=timeout)
+    [proc] = run_processes([[sys.executable, str(BENCH_DIR / script), "--quick", *args]], timeout, cwd=BENCH_DIR)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -61,12 +60,12 @@ def test_gpu_bench_exits_cleanly_without_cuda():
 
 @pytest.mark.slow
 def test_engine_vs_trainer_bench_gets_the_same_loss(tmp_path):
-    rows = table_rows(run_bench("bench_engine_vs_trainer.py", "--workdir", str(tmp_path), timeout=600))
+    rows = table_rows(run_bench("bench_engine_vs_trainer.py", "--workdir", str(tmp_path), timeout=LAUNCH_TIMEOUT_S))
     assert len(rows) == 1 and rows[0][0] == "1"
     assert rows[0][8] == "yes", rows  # same final loss on both sides
 
 
 @pytest.mark.slow
 def test_launcher_startup_bench_runs_both_sides(tmp_path):
-    rows = table_rows(run_bench("bench_launcher_startup.py", "--workdir", str(tmp_path), timeout=600))
+    rows = table_rows(run_bench("bench_launcher_startup.py", "--workdir", str(tmp_path), timeout=LAUNCH_TIMEOUT_S))
     assert len(rows) == 2 and "torchrun" in rows[0][0] and "dialsum launch" in rows[1][0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from engine.callbacks.examples import LossEMA
 from engine.config import load_config
 from engine.errors import UserError
 from engine.schema import CallbackSpec, MonitoringConfig
+from launch_helpers import run_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -403,8 +403,8 @@ def test_two_gloo_ranks_gather_peaks_and_stop_together(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(DIST_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    [done] = run_processes([[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tmp_path)]], 300, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2

@@ -2,6 +2,7 @@
 rank, and two `dialsum launch` "nodes" on localhost meeting through static rendezvous. Each leaves exactly one run."""
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from engine.store import Tracker, open_store
-from launch_helpers import REPO_ROOT, run_dialsum, small_config
+from launch_helpers import REPO_ROOT, run_dialsum, run_processes, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +39,9 @@ def assert_completed(run: dict, world_size: int) -> None:
 def test_accelerate_launch_runs_engine_as_two_ranks(tmp_path, tiny_model_dir):
     config = small_config(tmp_path, tiny_model_dir)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    proc = subprocess.run([accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/one_node.yaml"),
-                           "--main_process_port", str(free_port()), "-m", "engine", "--config", str(config)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DIALSUM_RUN_ID": "accel"})
+    [proc] = run_processes([[accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/one_node.yaml"),
+                             "--main_process_port", str(free_port()), "-m", "engine", "--config", str(config)]],
+                           cwd=REPO_ROOT, env={**os.environ, "DIALSUM_RUN_ID": "accel"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = the_run(tmp_path)
     assert run["run_id"] == "accel"
@@ -56,39 +56,56 @@ def test_accelerate_multi_node_config_as_two_machines_on_localhost(tmp_path, tin
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     port = str(free_port())
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_RUN_ID": "accel2"}
-    machines = [subprocess.Popen([accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/multi_node.yaml"),
-                                  "--machine_rank", str(r), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                                  "--num_processes", "2", "-m", "engine", "--config", str(config)],
-                                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for r in (0, 1)]
-    outs = [m.communicate(timeout=600)[0] for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    machines = run_processes([[accelerate, "launch", "--config_file", str(REPO_ROOT / "scripts/accelerate/multi_node.yaml"),
+                               "--machine_rank", str(r), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                               "--num_processes", "2", "-m", "engine", "--config", str(config)] for r in (0, 1)],
+                             cwd=REPO_ROOT, env=env)
+    assert [m.returncode for m in machines] == [0, 0], "".join(m.stdout[-1500:] + m.stderr[-1500:] for m in machines)
     run = the_run(tmp_path)
     assert run["run_id"] == "accel2" and run["status"] == "completed"
     assert (run["plan"]["nnodes"], run["plan"]["nproc_per_node"], run["plan"]["world_size"]) == (2, 1, 2)
     assert max(h["step"] for h in run["history"] if "train/loss" in h) == 6
 
 
-def test_single_rank_launch(tmp_path, tiny_model_dir):
-    config = small_config(tmp_path, tiny_model_dir)
-    proc = run_dialsum("launch", str(config), "--nproc", "1")
+def test_single_rank_launch_writes_no_secret_anywhere(tmp_path, tiny_model_dir):
+    """Secrets in every place a user puts them: a callback's `api_key`, a password inside a URL (callback kwargs and
+    notes), WANDB_API_KEY and HF_TOKEN. The rank still receives the real values (SecretProbe checks), and no file under
+    the output root (run folder, plan.json, config.yaml, store, W&B run files) nor the console holds any of them."""
+    secrets = {"api_key": "sk-APIKEY-1f2e3d", "url_password": "URLPW-9a8b7c", "notes_password": "NOTESPW-5d6e",
+               "wandb": "wandbkey0123456789abcdef0123456789abcdef", "hf": "hf_HFTOKEN-4c5d6e7f"}
+    webhook = f"https://hook:{secrets['url_password']}@hooks.example.org/notify"
+    digest = hashlib.sha256((secrets["api_key"] + webhook).encode()).hexdigest()
+    config = small_config(
+        tmp_path, tiny_model_dir,
+        experiment={"notes": f"dashboard https://ann:{secrets['notes_password']}@grafana.example.org/d/1"},
+        callbacks=[{"path": "fault_callbacks:SecretProbe",
+                    "kwargs": {"api_key": secrets["api_key"], "webhook_url": webhook, "digest": digest}}])
+    proc = run_dialsum("launch", str(config), "--nproc", "1",
+                       env={"WANDB_API_KEY": secrets["wandb"], "HF_TOKEN": secrets["hf"],
+                            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = the_run(tmp_path)
     assert_completed(run, world_size=1)
-    assert (tmp_path / "out" / "runs" / run["run_id"] / "model" / "model.safetensors").exists()
-    assert (tmp_path / "out" / "runs" / run["run_id"] / "predictions.csv").exists()
+    run_dir = tmp_path / "out" / "runs" / run["run_id"]
+    assert (run_dir / "model" / "model.safetensors").exists()
+    assert (run_dir / "predictions.csv").exists()
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert run_dir / "plan.json" in written and run_dir / "config.yaml" in written
+    assert any(p.suffix == ".wandb" for p in written) and any(p.name == "debug.log" for p in written)
+    for name, secret in secrets.items():
+        for path in written:
+            assert secret.encode() not in path.read_bytes(), f"{name} written to {path}"
+        assert secret not in proc.stdout + proc.stderr, f"{name} in the console output"
 
 
 def test_two_nodes_on_localhost_static_rendezvous(tmp_path, tiny_model_dir):
     config = small_config(tmp_path, tiny_model_dir)
     port = str(free_port())
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_RUN_ID": "twonodes"}
-    nodes = [subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "1",
-                               "--nnodes", "2", "--node-rank", str(r), "--master-addr", "127.0.0.1",
-                               "--master-port", port], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outs = [n.communicate(timeout=600)[0] for n in nodes]
-    assert [n.returncode for n in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    nodes = run_processes([[sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "1",
+                            "--nnodes", "2", "--node-rank", str(r), "--master-addr", "127.0.0.1",
+                            "--master-port", port] for r in (0, 1)], cwd=REPO_ROOT, env=env)
+    assert [n.returncode for n in nodes] == [0, 0], "".join(n.stdout[-1500:] + n.stderr[-1500:] for n in nodes)
     run = the_run(tmp_path)
     assert run["run_id"] == "twonodes" and run["plan"]["nnodes"] == 2
     assert_completed(run, world_size=2)

@@ -12,7 +12,7 @@ import pytest
 from engine.checkpointing import MARKER, checkpoints, latest_checkpoint
 from engine.plan import PREEMPTED_EXIT_CODE
 from engine.store import Tracker, open_store
-from launch_helpers import run_dialsum, small_config
+from launch_helpers import kill_tree, run_dialsum, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -160,20 +160,25 @@ def test_sigkilled_launcher_leaves_no_rank_behind(tmp_path, tiny_model_dir):
     launcher = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "2"],
                                 cwd=REPO_ROOT, env={**os.environ, "DIALSUM_STEP_GRACE_S": "10"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    db = tmp_path / "out" / "dialsum.db"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # wait until both ranks are training (rank 0 has logged steps)
-        if db.exists() and (runs := Tracker(open_store(f"sqlite:///{db}")).list_runs()):
-            if any("train/loss" in h for h in Tracker(open_store(f"sqlite:///{db}")).get_run(runs[0]["run_id"])["history"]):
-                break
-        time.sleep(1)
-    assert len(engine_processes(tmp_path)) == 2, "both ranks should be running"
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    deadline = time.monotonic() + 60
-    while engine_processes(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert engine_processes(tmp_path) == [], "ranks outlived their launcher"
+    try:
+        db = tmp_path / "out" / "dialsum.db"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until both ranks are training (rank 0 has logged steps)
+            if db.exists() and (runs := Tracker(open_store(f"sqlite:///{db}")).list_runs()):
+                if any("train/loss" in h for h in Tracker(open_store(f"sqlite:///{db}")).get_run(runs[0]["run_id"])["history"]):
+                    break
+            time.sleep(1)
+        assert len(engine_processes(tmp_path)) == 2, "both ranks should be running"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while engine_processes(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert engine_processes(tmp_path) == [], "ranks outlived their launcher"
+    finally:
+        kill_tree(launcher)
+        for rank in engine_processes(tmp_path):
+            rank.kill()
     run = only_run(tmp_path)
     assert run["status"] == "preempted"
     assert latest_checkpoint(tmp_path / "out" / "runs" / run["run_id"] / "checkpoints") is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -22,9 +20,9 @@ from optuna.trial import TrialState
 from transformers import TrainerControl, TrainerState
 
 from engine.store import Registry, Tracker, open_store
+from launch_helpers import kill_tree, run_processes
 from launcher.sweep.agent import HEARTBEAT, PARAMS, RETRY_OF, RUN_ID, retry_stale_trials
-from engine.callbacks.pruning import make_pruner, open_storage
-from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, sweep_callbacks_from_env
+from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, make_pruner, open_storage, sweep_callbacks_from_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 HYPERBAND = {"min_resource": 1, "max_resource": 4, "reduction_factor": 2}
@@ -178,8 +176,7 @@ def _check_trial_runs(trials, tracker: Tracker) -> None:
 @pytest.mark.slow
 def test_two_agents_run_the_count_as_tracked_runs(tmp_path, sweep_files):
     base, sweep = sweep_files
-    done = subprocess.run(_sweep_cmd(base, sweep, "--agents", "2", "--count", "4"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=580)
+    [done] = run_processes([_sweep_cmd(base, sweep, "--agents", "2", "--count", "4")], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = _finished_trials(tmp_path)
     assert len(trials) == 4
@@ -203,27 +200,22 @@ def test_killed_agent_does_not_lose_the_sweep(tmp_path, sweep_files):
     cmd = _sweep_cmd(base, sweep, "--count", "2", "--heartbeat-seconds", "1")
     agent = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    killed_run = None
-    deadline = time.time() + 240
-    while killed_run is None and time.time() < deadline:  # wait until trial 0 is training (its run is running)
-        time.sleep(0.5)
-        journal = tmp_path / "out/sweeps/lr/journal.log"
-        if journal.exists() and (tmp_path / "out/dialsum.db").exists():
-            trials = _finished_trials(tmp_path)
-            run_id = trials[0].user_attrs.get(RUN_ID) if trials else None
-            if run_id and tracker.exists(run_id) and tracker.get_run(run_id)["status"] == "running":
-                killed_run = run_id
-    assert killed_run, "trial 0 never started training"
-    os.killpg(agent.pid, signal.SIGKILL)
-    agent.wait(timeout=30)
-    # torch elastic starts ranks in their own sessions, so they outlive a killed launcher (reported to the lead);
-    # kill the killed trial's ranks too, as a machine or job loss would.
-    plan = str(tmp_path / "out/runs" / killed_run / "plan.json")
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if plan in (proc.info["cmdline"] or []):
-            proc.kill()
+    try:
+        killed_run = None
+        deadline = time.time() + 240
+        while killed_run is None and time.time() < deadline:  # wait until trial 0 is training (its run is running)
+            time.sleep(0.5)
+            journal = tmp_path / "out/sweeps/lr/journal.log"
+            if journal.exists() and (tmp_path / "out/dialsum.db").exists():
+                trials = _finished_trials(tmp_path)
+                run_id = trials[0].user_attrs.get(RUN_ID) if trials else None
+                if run_id and tracker.exists(run_id) and tracker.get_run(run_id)["status"] == "running":
+                    killed_run = run_id
+        assert killed_run, "trial 0 never started training"
+    finally:
+        kill_tree(agent)  # with its launcher and the trial's ranks, as a machine or job loss would
 
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=580)
+    [done] = run_processes([cmd], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trial 0 lost its agent; queued again" in done.stdout
     trials = _finished_trials(tmp_path)
@@ -280,9 +272,7 @@ def test_seed_sweep_api_reads_wandb_config_and_logs_into_the_same_run(tmp_path, 
     try:
         out, _ = proc.communicate(timeout=400)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_tree(proc)
     assert proc.returncode == 0, out[-3000:]
     (line,) = [x for x in out.splitlines() if x.startswith("RESULT ")]
     result = json.loads(line.removeprefix("RESULT "))

@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import UserError
 from launcher.cli import main
-from launcher.topology import Topology, _visible, cluster_from_env, detect_topology, load_topology, parse_size
+from launcher.topology import Topology, _visible, cluster_from_env, nvml_index, detect_topology, load_topology, parse_size
 
 FIXTURES = Path(__file__).parent / "fixtures" / "topologies"
 
@@ -66,6 +66,14 @@ def test_cluster_view_from_slurm_and_torchrun_variables():
     torchrun = cluster_from_env({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "RANK": "0"})
     assert (torchrun.scheduler, torchrun.nnodes, torchrun.job_id) == ("torchrun", 2, None)
     assert cluster_from_env({}).nnodes == 1
+
+
+def test_cuda_device_maps_to_its_nvml_index():
+    """GPU utilisation reads NVML at this mapped index: under CUDA_VISIBLE_DEVICES=2,0, cuda:0 is NVML's GPU 2."""
+    uuids = ["GPU-aa", "GPU-bb", "GPU-cc"]
+    assert [nvml_index(i, {"CUDA_VISIBLE_DEVICES": "2,0"}, uuids) for i in (0, 1)] == [2, 0]
+    assert nvml_index(0, {"CUDA_VISIBLE_DEVICES": "GPU-bb"}, uuids) == 1
+    assert nvml_index(1, {}, uuids) == 1
 
 
 def test_cuda_visible_devices_filters_nvml_indices():

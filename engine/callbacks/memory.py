@@ -6,6 +6,8 @@ inside rank-0-only code.
 """
 from __future__ import annotations
 
+import functools
+import os
 import resource
 import sys
 from typing import TYPE_CHECKING
@@ -52,14 +54,25 @@ def memory_snapshot() -> dict[str, float]:
     return metrics
 
 
+@functools.lru_cache(maxsize=None)
+def _nvml_handle(cuda_index: int):
+    """NVML's handle for this process's CUDA device (the indices differ under CUDA_VISIBLE_DEVICES)."""
+    import pynvml
+
+    from launcher.topology import _text, nvml_index
+
+    pynvml.nvmlInit()
+    uuids = [_text(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)))
+             for i in range(pynvml.nvmlDeviceGetCount())]
+    return pynvml.nvmlDeviceGetHandleByIndex(nvml_index(cuda_index, dict(os.environ), uuids))
+
+
 def _gpu_utilization_percent() -> float | None:
     """This rank's GPU busy percentage from NVML (None when NVML or a driver is missing)."""
     try:
         import pynvml
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        return float(pynvml.nvmlDeviceGetUtilizationRates(_nvml_handle(torch.cuda.current_device())).gpu)
     except Exception:  # NVML absent or not permitted: utilisation is optional
         return None
 

@@ -38,6 +38,8 @@ def check_data(cfg) -> None:
     d = cfg.data
     read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
+    if d.test_file:
+        read_dialogues(d.test_file, require_summary=False, key="data.test_file")
 
 
 def read_sweep_params(path: str | None) -> dict | None:
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
     plan.save(plan_path)
+    plan.export_config()
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
                           master_port=args.master_port, max_restarts=args.max_restarts)
