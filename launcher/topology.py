@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from engine.errors import UserError
+from engine.nvml import nvml_text, visible_nvml_indices
 
 LINK_KINDS = ("self", "nvlink", "pcie", "sys", "unknown")  # sys: the path crosses CPU sockets
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
@@ -217,28 +218,6 @@ def _cpu_bf16() -> bool:
         return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
 
 
-def _visible(env: dict[str, str], count: int, uuids: list[str]) -> list[int]:
-    """NVML indices CUDA_VISIBLE_DEVICES leaves visible (NVML itself ignores the variable)."""
-    spec = env.get("CUDA_VISIBLE_DEVICES")
-    if spec is None:
-        return list(range(count))
-    out = []
-    for item in (s.strip() for s in spec.split(",")):
-        if item.isdigit() and int(item) < count:
-            out.append(int(item))
-        elif item.startswith(("GPU-", "MIG-")):
-            out += [i for i, u in enumerate(uuids) if u.startswith(item)]
-        else:
-            break  # CUDA stops at the first invalid entry
-    return out
-
-
-def nvml_index(cuda_index: int, env: dict[str, str], uuids: list[str]) -> int:
-    """The NVML index of this process's CUDA device `cuda_index`: CUDA numbers only the devices CUDA_VISIBLE_DEVICES
-    leaves visible, NVML numbers all of them (`uuids`, in NVML order)."""
-    return _visible(env, len(uuids), uuids)[cuda_index]
-
-
 def _nvml_gpus(env: dict[str, str]) -> tuple[list[GPUInfo] | None, list[list[str]]]:
     """(None, []) when NVML is unavailable (no driver, no library)."""
     try:
@@ -249,13 +228,13 @@ def _nvml_gpus(env: dict[str, str]) -> tuple[list[GPUInfo] | None, list[list[str
         return None, []
     try:
         handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
-        handles = [handles[i] for i in _visible(env, len(handles), uuids)]
+        uuids = [nvml_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        handles = [handles[i] for i in visible_nvml_indices(env, len(handles), uuids)]
         gpus = []
         for index, h in enumerate(handles):
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            gpus.append(GPUInfo(index=index, name=_text(pynvml.nvmlDeviceGetName(h)), memory_total_bytes=int(mem.total),
+            gpus.append(GPUInfo(index=index, name=nvml_text(pynvml.nvmlDeviceGetName(h)), memory_total_bytes=int(mem.total),
                                 memory_free_bytes=int(mem.free), compute_capability=f"{major}.{minor}",
                                 bf16=major >= 8))
         links = [[_nvml_link(pynvml, a, b) if a is not b else "self" for b in handles] for a in handles]
@@ -272,11 +251,11 @@ def _nvml_link(pynvml, a, b) -> str:
             return "nvlink"
     except pynvml.NVMLError:
         pass
-    bus_b = _text(pynvml.nvmlDeviceGetPciInfo(b).busId)
+    bus_b = nvml_text(pynvml.nvmlDeviceGetPciInfo(b).busId)
     for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
         try:
             if (pynvml.nvmlDeviceGetNvLinkState(a, link) == pynvml.NVML_FEATURE_ENABLED
-                    and _text(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(a, link).busId) == bus_b):
+                    and nvml_text(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(a, link).busId) == bus_b):
                 return "nvlink"
         except pynvml.NVMLError:
             break  # no (more) NVLinks on this device
@@ -285,10 +264,6 @@ def _nvml_link(pynvml, a, b) -> str:
     except pynvml.NVMLError:
         return "unknown"
     return "sys" if level == pynvml.NVML_TOPOLOGY_SYSTEM else "pcie"
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _torch_gpus() -> tuple[list[GPUInfo], list[list[str]]]:

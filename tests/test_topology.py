@@ -8,7 +8,8 @@ import pytest
 
 from engine.errors import UserError
 from launcher.cli import main
-from launcher.topology import Topology, _visible, cluster_from_env, nvml_index, detect_topology, load_topology, parse_size
+from engine.nvml import nvml_index, visible_nvml_indices
+from launcher.topology import Topology, cluster_from_env, detect_topology, load_topology, parse_size
 
 FIXTURES = Path(__file__).parent / "fixtures" / "topologies"
 
@@ -78,11 +79,11 @@ def test_cuda_device_maps_to_its_nvml_index():
 
 def test_cuda_visible_devices_filters_nvml_indices():
     uuids = ["GPU-aaa", "GPU-bbb", "GPU-ccc"]
-    assert _visible({}, 3, uuids) == [0, 1, 2]
-    assert _visible({"CUDA_VISIBLE_DEVICES": "2,0"}, 3, uuids) == [2, 0]
-    assert _visible({"CUDA_VISIBLE_DEVICES": "GPU-bb"}, 3, uuids) == [1]
-    assert _visible({"CUDA_VISIBLE_DEVICES": ""}, 3, uuids) == []
-    assert _visible({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, 3, uuids) == [1]  # CUDA stops at the first invalid entry
+    assert visible_nvml_indices({}, 3, uuids) == [0, 1, 2]
+    assert visible_nvml_indices({"CUDA_VISIBLE_DEVICES": "2,0"}, 3, uuids) == [2, 0]
+    assert visible_nvml_indices({"CUDA_VISIBLE_DEVICES": "GPU-bb"}, 3, uuids) == [1]
+    assert visible_nvml_indices({"CUDA_VISIBLE_DEVICES": ""}, 3, uuids) == []
+    assert visible_nvml_indices({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, 3, uuids) == [1]  # CUDA stops at the first invalid entry
 
 
 def test_sizes_parse_binary_and_decimal():

@@ -59,10 +59,10 @@ def _nvml_handle(cuda_index: int):
     """NVML's handle for this process's CUDA device (the indices differ under CUDA_VISIBLE_DEVICES)."""
     import pynvml
 
-    from launcher.topology import _text, nvml_index
+    from engine.nvml import nvml_index, nvml_text
 
     pynvml.nvmlInit()
-    uuids = [_text(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)))
+    uuids = [nvml_text(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)))
              for i in range(pynvml.nvmlDeviceGetCount())]
     return pynvml.nvmlDeviceGetHandleByIndex(nvml_index(cuda_index, dict(os.environ), uuids))
 
