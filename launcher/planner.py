@@ -80,8 +80,7 @@ class Setting:
                                    offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
         acts = activation_bytes(spec, micro_batch=micro, source_length=self.source_length,
                                 target_length=self.target_length, precision=self.precision,
-                                checkpointing=c.gradient_checkpointing,
-                                fused_attention=spec.sdpa and self.device == "cuda")
+                                checkpointing=c.gradient_checkpointing, device=self.device)
         cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
             spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
             offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
