@@ -18,7 +18,8 @@ from pathlib import Path
 GiB = 2**30
 DS_BUFFER_FACTOR = 1.5        # DeepSpeed's `additional_buffer_factor` for CPU memory
 CUDA_OVERHEAD = GiB           # CUDA context, cuBLAS workspace, NCCL buffers: outside the caching allocator
-CPU_RANK_OVERHEAD = GiB       # a rank's resident python + torch + transformers + deepspeed before any tensor
+# What a CPU rank imports before it holds any tensor: its RSS then is the rank's baseline (measured, see cpu_baseline_bytes)
+RANK_IMPORTS = "import deepspeed, engine.trainer; from transformers import Seq2SeqTrainer"
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
 
@@ -117,24 +118,29 @@ def model_spec(source: str | os.PathLike | Mapping) -> ModelSpec:
     """From a local model directory, a hub id (AutoConfig; needs the hub cache or network), or a dict of sizes
     with `model_type` (e.g. {"model_type": "bart", "d_model": 1024, ...}). Raises OSError/ValueError when the
     config cannot be found or read."""
+    if not isinstance(source, Mapping) and Path(source).is_dir():
+        return _cached_spec(Path(source), lambda: spec_from_hf_config(*load_configs(source)))
+    return spec_from_hf_config(*load_configs(source))
+
+
+def load_configs(source: str | os.PathLike | Mapping) -> tuple:
+    """(transformers config, raw config.json dict) of a model directory, hub id or dict of sizes (see model_spec)."""
     from transformers import AutoConfig
 
     if isinstance(source, Mapping):
         kwargs = dict(source)
-        return spec_from_hf_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), source)
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), dict(source)
     source = str(source)
     if Path(source).is_dir():
-        return _cached_spec(Path(source), lambda: spec_from_hf_config(AutoConfig.from_pretrained(source),
-                                                                      raw_config(source)))
+        return AutoConfig.from_pretrained(source), raw_config(source)
     if source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise OSError(f"no such model directory: {source}")
     try:  # the hub cache first: no network round trip when the id was downloaded before
-        return spec_from_hf_config(AutoConfig.from_pretrained(source, local_files_only=True),
-                                   raw_config(source, local_files_only=True))
+        return AutoConfig.from_pretrained(source, local_files_only=True), raw_config(source, local_files_only=True)
     except OSError:
         if not _hub_reachable():  # without this, huggingface_hub retries for ~25 s before failing
             raise OSError(f"{source} is not in the local Hugging Face cache and the hub is unreachable") from None
-        return spec_from_hf_config(AutoConfig.from_pretrained(source), raw_config(source))
+        return AutoConfig.from_pretrained(source), raw_config(source)
 
 
 def raw_config(source: str | os.PathLike, **kwargs) -> dict:
@@ -305,24 +311,26 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     Korthikanti et al. 2022, with this model's widths, device and precision; see `_Widths`). Full recomputation keeps
     each layer's input plus one layer's activations while it is recomputed.
 
-    The peak is the larger of two moments. At the start of backward everything is kept, plus the loss's fp32
-    log-softmax output and two fp32 gradients of the logits. When backward reaches the shared embedding, the encoder's
-    activations are still kept while autograd sums the embedding's gradients (V·h each: from the decoder input, the
-    lm_head when tied, and their sum) before accumulating them into the existing gradient."""
+    The peak is the largest of these moments: the start of backward (everything kept, plus the loss's fp32
+    log-softmax output and two fp32 gradients of the logits); with checkpointing, a layer's recomputation (the layer
+    inputs, one layer's activations and the lm_head's V·h gradient); and when backward reaches the shared embedding,
+    which sums its gradients (V·h each: from the decoder input and the tied lm_head, then their sum; from the encoder
+    input at the very end) while the encoder's kept activations are still there."""
     if not spec.has_architecture:
         return 0
     b, s, t, h = micro_batch, source_length, target_length, spec.hidden_size
     x = _widths(spec, precision, device)
     enc, dec = _encoder_layer(spec, x, s, b), _decoder_layer(spec, x, t, s, b)
     embeddings = (s + t) * b * (2 * h * x.w + h * x.hidden_mask) + 2 * s * b * h * x.w  # + encoder output, final norm
-    if checkpointing:
-        encoder = b * h * x.w * s * spec.encoder_layers + enc
-        decoder = b * h * x.w * t * spec.decoder_layers + max(enc, dec)
-    else:
-        encoder, decoder = enc * spec.encoder_layers, dec * spec.decoder_layers
+    embedding_grad = spec.vocab_size * h * x.w
     logits = b * t * spec.vocab_size * (12 + (x.w if x.w == 2 else 0))
-    embedding_grads = (3 if spec.tied_lm_head else 1) * spec.vocab_size * h * x.w
-    return max(embeddings + encoder + decoder + logits, embeddings + encoder + embedding_grads)
+    if checkpointing:
+        encoder, decoder = b * h * x.w * s * spec.encoder_layers, b * h * x.w * t * spec.decoder_layers
+        recompute = embeddings + encoder + decoder + max(enc, dec) + embedding_grad
+    else:
+        encoder, decoder, recompute = enc * spec.encoder_layers, dec * spec.decoder_layers, 0
+    embedding_sum = embeddings + max(encoder + (3 if spec.tied_lm_head else 1) * embedding_grad, 3 * embedding_grad)
+    return max(embeddings + encoder + decoder + logits, recompute, embedding_sum)
 
 
 def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) -> int:
@@ -331,12 +339,39 @@ def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) 
     w = 2 if precision in ("bf16", "fp16") else 4
     h2 = spec.hidden_size ** 2
     buckets = 0 if stage == 0 else int((2 * h2 + (0.9 * h2 if stage == 3 else 0)) * w)
-    return (CUDA_OVERHEAD if device == "cuda" else CPU_RANK_OVERHEAD) + buckets
+    return (CUDA_OVERHEAD if device == "cuda" else cpu_baseline_bytes()) + buckets
+
+
+def cpu_baseline_bytes() -> int:
+    """Resident memory of a CPU rank before any tensor: a fresh interpreter's RSS after the rank's imports (python,
+    torch, transformers, deepspeed, the engine; ~0.37 GiB here). Measured once per set of library versions (~5 s) and
+    cached next to the model specs."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from engine.atomic import atomic_write_text
+
+    versions = [sys.version, *(version(p) for p in ("torch", "transformers", "deepspeed"))]
+    path = spec_cache_dir().parent / f"cpu-baseline-{hashlib.sha256(repr(versions).encode()).hexdigest()[:16]}.json"
+    try:
+        return int(json.loads(path.read_text())["rss_bytes"])
+    except (OSError, ValueError, KeyError):
+        pass
+    code = f"{RANK_IMPORTS}\nimport psutil\nprint(psutil.Process().memory_info().rss)"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    rss = int(proc.stdout.split()[-1])
+    atomic_write_text(path, json.dumps({"rss_bytes": rss, "versions": versions}))
+    return rss
 
 
 # ---------------------------------------------------------------------------------------------------- traced activations
 
-TRACE_FULL_LAYERS = 4   # trace the whole model up to this many layers; beyond, trace 1-2 layer copies and scale
+TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 1-2 layer copies and scale
 
 
 def _layer_keys(hf_config) -> tuple[str, str]:
@@ -346,15 +381,16 @@ def _layer_keys(hf_config) -> tuple[str, str]:
 
 
 def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
-                precision: str, checkpointing: bool) -> int:
+                precision: str, checkpointing: bool, device: str) -> int:
     """Peak bytes one training step allocates beyond the weights and the gradients that a warm-up step left, traced
-    on fake tensors: shapes and kernels are real (CPU SDPA picks its fused or math path as it would), no memory is."""
+    on fake tensors: shapes and kernels are real (SDPA picks its fused or math path as it would on `device`; fake
+    CUDA tensors need a CUDA build of torch), no memory is."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build_model(hf_config, raw_config)
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device):
+        model = build_model(hf_config, raw_config, device)
         if precision in ("bf16", "fp16"):
             model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         model.config.use_cache = False
@@ -377,7 +413,7 @@ def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_leng
 
 
 def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int,
-                            target_length: int, precision: str, checkpointing: bool) -> int:
+                            target_length: int, precision: str, checkpointing: bool, device: str = "cpu") -> int:
     """Activation bytes of one training step of the exact model class, traced on fake tensors. Models deeper than
     TRACE_FULL_LAYERS are traced as 1-layer and 2-layer copies (encoder and decoder apart) and scaled per layer, which
     keeps a 70B config to seconds."""
@@ -387,7 +423,7 @@ def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int,
     enc = getattr(hf_config, enc_key)
     dec = getattr(hf_config, dec_key, None) or enc
     kw = dict(micro_batch=micro_batch, source_length=source_length, target_length=target_length, precision=precision,
-              checkpointing=checkpointing)
+              checkpointing=checkpointing, device=device)
     if enc + dec <= TRACE_FULL_LAYERS:
         return _trace_once(hf_config, raw_config, **kw)
 
