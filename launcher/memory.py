@@ -70,13 +70,13 @@ def untie_output_embeddings(model, raw_config: Mapping) -> None:
             model._init_weights(out)
 
 
-def build_model(hf_config, raw_config: Mapping, device: str = "cpu"):
+def build_model(hf_config, raw_config: Mapping, device: str = "cpu", dtype=None):
     """The model as `from_pretrained` builds it (random weights; untied where the checkpoint is), on `device`."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
     with torch.device(device):
-        model = AutoModelForSeq2SeqLM.from_config(hf_config)
+        model = AutoModelForSeq2SeqLM.from_config(hf_config, **({"dtype": dtype} if dtype else {}))
         untie_output_embeddings(model, raw_config)
     return model
 
@@ -262,13 +262,17 @@ class _Widths:
     hidden_mask: int
     ffn_mask: int
     fused: bool
-    scores: int   # per attention-probability element: softmax output (+ noise and dropped-out copy with dropout)
+    scores: int   # per attention-probability element: softmax output (+ noise and dropped-out copy with dropout);
+                  # fp32 under SDPA's CPU math path, which upcasts 16-bit inputs
 
 
 def _widths(spec: ModelSpec, precision: str, device: str) -> _Widths:
     w = 2 if precision in ("bf16", "fp16") else 4
     mask = 1 if device == "cuda" else w
-    scores = w + (mask + w if spec.attention_dropout > 0 else 0)
+    if device == "cpu" and spec.attn_implementation == "sdpa":   # SDPA's CPU math path computes in fp32
+        scores = 4 + (4 + 4 if spec.attention_dropout > 0 else 0)
+    else:
+        scores = w + (mask + w if spec.attention_dropout > 0 else 0)
     return _Widths(w, mask if spec.dropout > 0 else 0, mask if spec.activation_dropout > 0 else 0,
                    fused_attention(spec, device), scores)
 
@@ -390,9 +394,8 @@ def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_leng
     from torch.distributed._tools.mem_tracker import MemTracker
 
     with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device):
-        model = build_model(hf_config, raw_config, device)
-        if precision in ("bf16", "fp16"):
-            model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        model = build_model(hf_config, raw_config, device, dtype)
         model.config.use_cache = False
         if checkpointing:
             model.gradient_checkpointing_enable()
@@ -402,7 +405,8 @@ def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_leng
         vocab = hf_config.vocab_size
         batch = {"input_ids": torch.randint(4, vocab, (micro_batch, source_length)),
                  "attention_mask": torch.ones(micro_batch, source_length, dtype=torch.long),
-                 "labels": torch.randint(4, vocab, (micro_batch, target_length))}
+                 "labels": torch.randint(4, vocab, (micro_batch, target_length)),
+                 "decoder_input_ids": torch.randint(4, vocab, (micro_batch, target_length))}  # no start-token lookup
         tracker = MemTracker()
         tracker.track_external(model)
         with tracker:

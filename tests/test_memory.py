@@ -232,3 +232,30 @@ def test_formula_matches_the_recorded_cpu_measurements(repo_root):
                                      device="cpu")
         errors[case] = predicted / row["measured_bytes"] - 1
     assert all(abs(e) <= 0.15 for e in errors.values()), {k: f"{e:+.1%}" for k, e in errors.items()}
+
+
+def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
+    """One training step of BartForConditionalGeneration traced on fake tensors (no memory allocated): within 15% of
+    the activation memory the benchmark measured on this CPU for the same case."""
+    import json
+
+    from launcher.memory import load_configs, traced_activation_bytes
+
+    measured = json.loads((repo_root / "benchmarks" / "results" / "activation_memory_cpu.json").read_text())
+    measured = measured["bart-base|512/128|mb4|ckpt off|fp32"]["measured_bytes"]
+    hf_config, raw = load_configs(repo_root / "tests" / "fixtures" / "model_configs" / "bart-base")
+    traced = traced_activation_bytes(hf_config, raw, micro_batch=4, source_length=512, target_length=128,
+                                     precision="fp32", checkpointing=False)
+    assert traced == pytest.approx(measured, rel=0.15)
+
+
+def test_deep_models_are_traced_as_scaled_layer_copies():
+    """Beyond TRACE_FULL_LAYERS the trace runs 1-2 layer copies (seconds for a 7B config) and scales per layer."""
+    from launcher.memory import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
+
+    hf_config, raw = load_configs(BART_7B)
+    assert BART_7B["encoder_layers"] + BART_7B["decoder_layers"] > TRACE_FULL_LAYERS
+    kw = dict(micro_batch=1, source_length=128, target_length=32, precision="bf16", checkpointing=False)
+    traced = traced_activation_bytes(hf_config, raw, **kw)
+    formula = activation_bytes(model_spec(BART_7B), device="cpu", **kw)
+    assert traced == pytest.approx(formula, rel=0.25)

@@ -401,3 +401,23 @@ def test_cpu_rank_baseline_is_measured_not_a_constant(tmp_path, monkeypatch):
     cached = list((tmp_path / "dialsum").glob("cpu-baseline-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["rss_bytes"] == rss
     assert overhead_bytes(bare_spec(1), device="cpu", stage=0, precision="fp32") == rss
+
+
+def test_plan_cli_trace_plans_with_the_traced_activations(models, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  name_or_path: {models['bart-base']}\ntraining:\n  global_batch_size: 2\n"
+                    "data:\n  max_source_length: 64\n  max_target_length: 16\nparallel:\n  gradient_checkpointing: false\n")
+    args = ["plan", str(path), "--topology-file", str(FIXTURES / "cpu-only.yaml")]
+    assert main([*args, "--json"]) == 0
+    formula = json.loads(capsys.readouterr().out)["memory"]
+    assert "trace" not in formula
+    assert main([*args, "--json", "--trace"]) == 0
+    traced = json.loads(capsys.readouterr().out)["memory"]
+    row = traced["trace"]["checkpointing"]["off"]
+    assert set(traced["trace"]["checkpointing"]) == {"off"} and traced["trace"]["micro_batch_size"] == 2
+    assert row["formula_bytes"] == formula["activation_bytes_per_gpu"]
+    assert abs(traced["activation_bytes_per_gpu"] - row["traced_bytes"]) <= 1   # float scale, rounded
+    assert row["traced_bytes"] != row["formula_bytes"]
+    assert main([*args, "--set", "parallel.trace_memory=true"]) == 0   # the config switch, and the table line
+    out = capsys.readouterr().out
+    assert "planned with the trace" in out and "formula" in out and "trace" in out
