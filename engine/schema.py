@@ -95,6 +95,8 @@ class ParallelConfig:
     precision: str = _f("auto", "Training precision.", choices=["auto", "fp32", "bf16", "fp16"])
     deepspeed: bool = _f(True, "Train under DeepSpeed (False: plain DDP/single process).")
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
+    trace_memory: bool = _f(False, "Plan with activations traced on fake tensors (one step of the model class) "
+                                   "instead of the formula alone (`dialsum plan --trace`).")
 
 
 @dataclass

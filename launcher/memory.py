@@ -18,7 +18,8 @@ from pathlib import Path
 GiB = 2**30
 DS_BUFFER_FACTOR = 1.5        # DeepSpeed's `additional_buffer_factor` for CPU memory
 CUDA_OVERHEAD = GiB           # CUDA context, cuBLAS workspace, NCCL buffers: outside the caching allocator
-CPU_RANK_OVERHEAD = GiB       # a rank's resident python + torch + transformers + deepspeed before any tensor
+# What a CPU rank imports before it holds any tensor: its RSS then is the rank's baseline (measured, see cpu_baseline_bytes)
+RANK_IMPORTS = "import deepspeed, engine.trainer; from transformers import Seq2SeqTrainer"
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
 
@@ -36,7 +37,11 @@ class ModelSpec:
     decoder_layers: int = 0
     vocab_size: int = 0
     gated_ffn: bool = False       # T5 v1.1 / mT5 gated-gelu: two input projections
-    sdpa: bool = False            # attention through torch SDPA (transformers' default): no s x s matrix kept on GPU
+    attn_implementation: str = "sdpa"   # transformers' default; "eager" always keeps the s x s probabilities
+    attention_dropout: float = 0.0      # > 0 sends SDPA on CPU down the math path (probabilities kept)
+    dropout: float = 0.0                # hidden-state dropout: a mask per layer output
+    activation_dropout: float = 0.0     # dropout inside the FFN (T5: dropout_rate)
+    tied_lm_head: bool = True           # lm_head shares the input embedding (its gradient joins the embedding's)
 
     @property
     def has_architecture(self) -> bool:
@@ -51,16 +56,40 @@ def _first(cfg, *names: str, default=0):
     return default
 
 
-def spec_from_hf_config(hf_config) -> ModelSpec:
-    """Instantiate the model on the meta device (no memory, no init) and count. `torch.device("meta")` rather than
-    accelerate's `init_empty_weights`: under transformers 5 the latter leaves tied embeddings untied (BART counted
-    555k instead of 363k parameters); the meta device keeps them tied and is faster."""
+def untie_output_embeddings(model, raw_config: Mapping) -> None:
+    """Give `model` its own lm_head where the checkpoint's raw config.json says the embeddings are not tied.
+    transformers 5 forces `tie_word_embeddings=True` on T5Config/MT5Config objects, so a config-built T5 v1.1, mT5 or
+    Flan-T5 shares its embedding with the lm_head; `from_pretrained` unties it again when the checkpoint holds a
+    separate `lm_head.weight` (mt5-small: 172M tied, 300M as loaded)."""
+    import torch
+
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if raw_config.get("tie_word_embeddings", True) is False and out is not None and out.weight is inp.weight:
+        out.weight = torch.nn.Parameter(torch.empty_like(inp.weight))
+        if out.weight.device.type != "meta":
+            model._init_weights(out)
+
+
+def build_model(hf_config, raw_config: Mapping, device: str = "cpu", dtype=None):
+    """The model as `from_pretrained` builds it (random weights; untied where the checkpoint is), on `device`."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(hf_config)
-    params = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+    with torch.device(device):
+        model = AutoModelForSeq2SeqLM.from_config(hf_config, **({"dtype": dtype} if dtype else {}))
+        untie_output_embeddings(model, raw_config)
+    return model
+
+
+def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSpec:
+    """Instantiate the model on the meta device (no memory, no init) and count. `torch.device("meta")` rather than
+    accelerate's `init_empty_weights`: under transformers 5 the latter leaves tied embeddings untied (BART counted
+    555k instead of 363k parameters); the meta device keeps them tied and is faster. `raw_config`: the config.json
+    as written (default: the config's own dict), read for `tie_word_embeddings`."""
+    model = build_model(hf_config, raw_config if raw_config is not None else hf_config.to_dict(), device="meta")
+    # parameters() yields a tied weight once; frozen ones (Pegasus' sinusoidal positions) get no gradient or optimizer
+    # state, and the published counts leave them out
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     c = hf_config
     hidden = _first(c, "d_model", "hidden_size")
@@ -74,32 +103,54 @@ def spec_from_hf_config(hf_config) -> ModelSpec:
         decoder_layers=_first(c, "decoder_layers", "num_decoder_layers", "num_layers"),
         vocab_size=_first(c, "vocab_size"),
         gated_ffn=bool(getattr(c, "is_gated_act", False)) or "gated" in str(getattr(c, "feed_forward_proj", "")),
-        sdpa=model.config._attn_implementation != "eager")
+        attn_implementation=model.config._attn_implementation or "sdpa",
+        attention_dropout=_rate(c, "attention_dropout", "dropout_rate"), dropout=_rate(c, "dropout", "dropout_rate"),
+        activation_dropout=_rate(c, "activation_dropout", "dropout_rate"),
+        tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+
+
+def _rate(cfg, *names: str) -> float:
+    """The first of `names` the config has (0.0 counts, unlike `_first`)."""
+    return next((float(getattr(cfg, n)) for n in names if getattr(cfg, n, None) is not None), 0.0)
 
 
 def model_spec(source: str | os.PathLike | Mapping) -> ModelSpec:
     """From a local model directory, a hub id (AutoConfig; needs the hub cache or network), or a dict of sizes
     with `model_type` (e.g. {"model_type": "bart", "d_model": 1024, ...}). Raises OSError/ValueError when the
     config cannot be found or read."""
+    if not isinstance(source, Mapping) and Path(source).is_dir():
+        return _cached_spec(Path(source), lambda: spec_from_hf_config(*load_configs(source)))
+    return spec_from_hf_config(*load_configs(source))
+
+
+def load_configs(source: str | os.PathLike | Mapping) -> tuple:
+    """(transformers config, raw config.json dict) of a model directory, hub id or dict of sizes (see model_spec)."""
     from transformers import AutoConfig
 
     if isinstance(source, Mapping):
         kwargs = dict(source)
-        return spec_from_hf_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), dict(source)
     source = str(source)
     if Path(source).is_dir():
-        return _cached_spec(Path(source), lambda: spec_from_hf_config(AutoConfig.from_pretrained(source)))
+        return AutoConfig.from_pretrained(source), raw_config(source)
     if source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise OSError(f"no such model directory: {source}")
     try:  # the hub cache first: no network round trip when the id was downloaded before
-        return spec_from_hf_config(AutoConfig.from_pretrained(source, local_files_only=True))
+        return AutoConfig.from_pretrained(source, local_files_only=True), raw_config(source, local_files_only=True)
     except OSError:
         if not _hub_reachable():  # without this, huggingface_hub retries for ~25 s before failing
             raise OSError(f"{source} is not in the local Hugging Face cache and the hub is unreachable") from None
-        return spec_from_hf_config(AutoConfig.from_pretrained(source))
+        return AutoConfig.from_pretrained(source), raw_config(source)
 
 
-SPEC_CACHE_FORMAT = 1  # bump when spec_from_hf_config changes what it derives
+def raw_config(source: str | os.PathLike, **kwargs) -> dict:
+    """config.json as written (a directory or a hub id), before the config class rewrites any of it."""
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(str(source), **kwargs)[0]
+
+
+SPEC_CACHE_FORMAT = 2  # bump when spec_from_hf_config changes what it derives
 
 
 def spec_cache_dir() -> Path:
@@ -194,47 +245,96 @@ def cpu_bytes_per_node(spec: ModelSpec, *, stage: int, gpus_per_node: int, nnode
 
 # ---------------------------------------------------------------------------------------------------- activations
 
-def _scores(a: int, b: int, q: int, k: int, fused: bool) -> int:
-    """Attention-score bytes kept for backward: softmax output, dropout mask and dropped-out probabilities
-    (5·a·q·k·b), or with a fused kernel only the fp32 log-sum-exp per query (4·a·q·b)."""
-    return 4 * a * q * b if fused else 5 * a * q * k * b
+def fused_attention(spec: ModelSpec, device: str) -> bool:
+    """Whether training attention keeps only per-query statistics instead of the s x s probabilities. Eager attention
+    always keeps them. SDPA on CUDA runs flash / memory-efficient kernels (dropout included); on CPU, SDPA's fused
+    kernel only runs without attention dropout, with dropout it takes the math path (probabilities kept)."""
+    if spec.attn_implementation != "sdpa":
+        return False
+    return device == "cuda" or spec.attention_dropout == 0
 
 
-def _encoder_layer(spec: ModelSpec, s: int, b: int, fused: bool) -> int:
-    """16-bit bytes one encoder layer keeps for backward (Korthikanti: 34sbh + 5as²b when ffn=4h, inner=h):
-    attention 3sbh + 8sb·inner + scores, FFN 3sbh + 4sb·ffn (6 when gated), two layer norms 4sbh."""
-    h, i, f = spec.hidden_size, spec.attention_inner, spec.ffn_size
-    ffn = 3 * h + (6 if spec.gated_ffn else 4) * f
-    return s * b * (3 * h + 8 * i + ffn + 4 * h) + _scores(spec.heads, b, s, s, fused)
+@dataclass(frozen=True)
+class _Widths:
+    """Bytes of one kept element: w for activations; a dropout mask is a bool under CUDA's fused dropout, while CPU's
+    `input * noise` keeps the noise in the working dtype (0 where that dropout is off)."""
+    w: int
+    hidden_mask: int
+    ffn_mask: int
+    fused: bool
+    scores: int   # per attention-probability element: softmax output (+ noise and dropped-out copy with dropout);
+                  # fp32 under SDPA's CPU math path, which upcasts 16-bit inputs
 
 
-def _decoder_layer(spec: ModelSpec, t: int, s: int, b: int, fused: bool) -> int:
-    """Self-attention at the target length t, cross-attention (queries at t, keys/values at the source length s),
-    FFN, three layer norms."""
-    h, i, f, a = spec.hidden_size, spec.attention_inner, spec.ffn_size, spec.heads
-    ffn = 3 * h + (6 if spec.gated_ffn else 4) * f
-    per_target_token = (3 * h + 8 * i) + (3 * h + 4 * i) + ffn + 6 * h
-    return t * b * per_target_token + s * b * 4 * i + _scores(a, b, t, t, fused) + _scores(a, b, t, s, fused)
+def _widths(spec: ModelSpec, precision: str, device: str) -> _Widths:
+    w = 2 if precision in ("bf16", "fp16") else 4
+    mask = 1 if device == "cuda" else w
+    if device == "cpu" and spec.attn_implementation == "sdpa":   # SDPA's CPU math path computes in fp32
+        scores = 4 + (4 + 4 if spec.attention_dropout > 0 else 0)
+    else:
+        scores = w + (mask + w if spec.attention_dropout > 0 else 0)
+    return _Widths(w, mask if spec.dropout > 0 else 0, mask if spec.activation_dropout > 0 else 0,
+                   fused_attention(spec, device), scores)
+
+
+def _attention(spec: ModelSpec, x: _Widths, b: int, q: int, k: int, cross: bool) -> int:
+    """One attention block: its input and norm (2h), Q/K/V and the re-laid-out output (4·inner; cross-attention's K
+    and V are per source token), the output dropout mask, and the probabilities (or the fused kernel's output and
+    fp32 log-sum-exp)."""
+    h, i, a = spec.hidden_size, spec.attention_inner, spec.heads
+    per_query = (2 * h + (2 if cross else 4) * i) * x.w + h * x.hidden_mask
+    kv = 2 * i * x.w * k * b if cross else 0
+    probs = (i * x.w + 4 * a) * q * b if x.fused else a * q * k * b * x.scores
+    return per_query * q * b + kv + probs
+
+
+def _ffn(spec: ModelSpec, x: _Widths, tokens: int) -> int:
+    """Input and norm (2h), the intermediate (2f: activation input and output; 4f gated: both projections, the
+    activation and the product), the activation-dropout mask and the output dropout mask."""
+    h, f = spec.hidden_size, spec.ffn_size
+    return tokens * ((2 * h + (4 if spec.gated_ffn else 2) * f) * x.w + f * x.ffn_mask + h * x.hidden_mask)
+
+
+def _norm_upcast(spec: ModelSpec, x: _Widths, tokens: int) -> int:
+    """T5's RMSNorm squares an fp32 copy of its input when the model runs in 16 bits."""
+    return 4 * spec.hidden_size * tokens if spec.model_type in T5_FAMILY and x.w == 2 else 0
+
+
+def _encoder_layer(spec: ModelSpec, x: _Widths, s: int, b: int) -> int:
+    return _attention(spec, x, b, s, s, cross=False) + _ffn(spec, x, s * b) + 2 * _norm_upcast(spec, x, s * b)
+
+
+def _decoder_layer(spec: ModelSpec, x: _Widths, t: int, s: int, b: int) -> int:
+    return (_attention(spec, x, b, t, t, cross=False) + _attention(spec, x, b, t, s, cross=True)
+            + _ffn(spec, x, t * b) + 3 * _norm_upcast(spec, x, t * b))
 
 
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int,
-                     precision: str, checkpointing: bool, fused_attention: bool = False) -> int:
-    """Activation bytes per rank for one micro-batch. Full recomputation keeps each layer's input (2sbh) plus one
-    layer's activations while it is recomputed. The logits (b·t·V) are held in the working precision, upcast to
-    fp32 for the loss, and get an fp32 gradient. fp32 training doubles every 16-bit activation. `fused_attention`:
-    SDPA on CUDA (flash / memory-efficient kernels); on CPU, SDPA with attention dropout runs the math path."""
+                     precision: str, checkpointing: bool, device: str) -> int:
+    """Peak activation bytes per rank for one micro-batch, counted tensor by tensor as autograd keeps them (after
+    Korthikanti et al. 2022, with this model's widths, device and precision; see `_Widths`). Full recomputation keeps
+    each layer's input plus one layer's activations while it is recomputed.
+
+    The peak is the largest of these moments: the start of backward (everything kept, plus the loss's fp32
+    log-softmax output and two fp32 gradients of the logits); with checkpointing, a layer's recomputation (the layer
+    inputs, one layer's activations and the lm_head's V·h gradient); and when backward reaches the shared embedding,
+    which sums its gradients (V·h each: from the decoder input and the tied lm_head, then their sum; from the encoder
+    input at the very end) while the encoder's kept activations are still there."""
     if not spec.has_architecture:
         return 0
     b, s, t, h = micro_batch, source_length, target_length, spec.hidden_size
-    enc, dec = _encoder_layer(spec, s, b, fused_attention), _decoder_layer(spec, t, s, b, fused_attention)
-    embeddings = 3 * (s + t) * b * h + 2 * s * b * h   # embedding outputs + dropout masks; encoder output (cross-attn)
+    x = _widths(spec, precision, device)
+    enc, dec = _encoder_layer(spec, x, s, b), _decoder_layer(spec, x, t, s, b)
+    embeddings = (s + t) * b * (2 * h * x.w + h * x.hidden_mask) + 2 * s * b * h * x.w  # + encoder output, final norm
+    embedding_grad = spec.vocab_size * h * x.w
+    logits = b * t * spec.vocab_size * (12 + (x.w if x.w == 2 else 0))
     if checkpointing:
-        layers = 2 * b * h * (s * spec.encoder_layers + t * spec.decoder_layers) + max(enc, dec)
+        encoder, decoder = b * h * x.w * s * spec.encoder_layers, b * h * x.w * t * spec.decoder_layers
+        recompute = embeddings + encoder + decoder + max(enc, dec) + embedding_grad
     else:
-        layers = enc * spec.encoder_layers + dec * spec.decoder_layers
-    w = 2 if precision in ("bf16", "fp16") else 4
-    logits = b * t * spec.vocab_size * (w + 4 + 4)
-    return (embeddings + layers) * (w // 2) + logits
+        encoder, decoder, recompute = enc * spec.encoder_layers, dec * spec.decoder_layers, 0
+    embedding_sum = embeddings + max(encoder + (3 if spec.tied_lm_head else 1) * embedding_grad, 3 * embedding_grad)
+    return max(embeddings + encoder + decoder + logits, recompute, embedding_sum)
 
 
 def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) -> int:
@@ -243,4 +343,101 @@ def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) 
     w = 2 if precision in ("bf16", "fp16") else 4
     h2 = spec.hidden_size ** 2
     buckets = 0 if stage == 0 else int((2 * h2 + (0.9 * h2 if stage == 3 else 0)) * w)
-    return (CUDA_OVERHEAD if device == "cuda" else CPU_RANK_OVERHEAD) + buckets
+    return (CUDA_OVERHEAD if device == "cuda" else cpu_baseline_bytes()) + buckets
+
+
+def cpu_baseline_bytes() -> int:
+    """Resident memory of a CPU rank before any tensor: a fresh interpreter's RSS after the rank's imports (python,
+    torch, transformers, deepspeed, the engine; ~0.37 GiB here). Measured once per set of library versions (~5 s) and
+    cached next to the model specs."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from engine.atomic import atomic_write_text
+
+    versions = [sys.version, *(version(p) for p in ("torch", "transformers", "deepspeed"))]
+    path = spec_cache_dir().parent / f"cpu-baseline-{hashlib.sha256(repr(versions).encode()).hexdigest()[:16]}.json"
+    try:
+        return int(json.loads(path.read_text())["rss_bytes"])
+    except (OSError, ValueError, KeyError):
+        pass
+    code = f"{RANK_IMPORTS}\nimport psutil\nprint(psutil.Process().memory_info().rss)"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    rss = int(proc.stdout.split()[-1])
+    atomic_write_text(path, json.dumps({"rss_bytes": rss, "versions": versions}))
+    return rss
+
+
+# ---------------------------------------------------------------------------------------------------- traced activations
+
+TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 1-2 layer copies and scale
+
+
+def _layer_keys(hf_config) -> tuple[str, str]:
+    if hasattr(hf_config, "encoder_layers"):
+        return "encoder_layers", "decoder_layers"
+    return "num_layers", "num_decoder_layers"
+
+
+def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
+                precision: str, checkpointing: bool, device: str) -> int:
+    """Peak bytes one training step allocates beyond the weights and the gradients that a warm-up step left, traced
+    on fake tensors: shapes and kernels are real (SDPA picks its fused or math path as it would on `device`; fake
+    CUDA tensors need a CUDA build of torch), no memory is."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        model = build_model(hf_config, raw_config, device, dtype)
+        model.config.use_cache = False
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)   # as after a warm-up step: backward accumulates into existing gradients
+        vocab = hf_config.vocab_size
+        batch = {"input_ids": torch.randint(4, vocab, (micro_batch, source_length)),
+                 "attention_mask": torch.ones(micro_batch, source_length, dtype=torch.long),
+                 "labels": torch.randint(4, vocab, (micro_batch, target_length)),
+                 "decoder_input_ids": torch.randint(4, vocab, (micro_batch, target_length))}  # no start-token lookup
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with tracker:
+            start = sum(s["Total"] for s in tracker.get_tracker_snapshot().values())
+            model(**batch).loss.backward()
+            peak = sum(s["Total"] for s in tracker.get_tracker_snapshot("peak").values())
+    return peak - start
+
+
+def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int,
+                            target_length: int, precision: str, checkpointing: bool, device: str = "cpu") -> int:
+    """Activation bytes of one training step of the exact model class, traced on fake tensors. Models deeper than
+    TRACE_FULL_LAYERS are traced as 1-layer and 2-layer copies (encoder and decoder apart) and scaled per layer, which
+    keeps a 70B config to seconds."""
+    import copy
+
+    enc_key, dec_key = _layer_keys(hf_config)
+    enc = getattr(hf_config, enc_key)
+    dec = getattr(hf_config, dec_key, None) or enc
+    kw = dict(micro_batch=micro_batch, source_length=source_length, target_length=target_length, precision=precision,
+              checkpointing=checkpointing, device=device)
+    if enc + dec <= TRACE_FULL_LAYERS:
+        return _trace_once(hf_config, raw_config, **kw)
+
+    def trace(e: int, d: int) -> int:
+        small = copy.deepcopy(hf_config)
+        setattr(small, enc_key, e)
+        setattr(small, dec_key, d)
+        if hasattr(small, "num_hidden_layers"):
+            small.num_hidden_layers = e
+        return _trace_once(small, raw_config, **kw)
+
+    base = trace(1, 1)
+    return base + (enc - 1) * (trace(2, 1) - base) + (dec - 1) * (trace(1, 2) - base)

@@ -1,6 +1,7 @@
 """How far off were past memory predictions for this model? Read from the tracker's `memory_peaks` events."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from engine.schema import DialsumConfig
@@ -29,7 +30,20 @@ def past_predictions(cfg: DialsumConfig) -> list[dict]:
                              "zero_stage": run["plan"].get("zero_stage"),
                              "micro_batch_size": run["plan"].get("micro_batch_size"), "device": data["device"],
                              "predicted_bytes": data["predicted_bytes"], "measured_bytes": data["max_bytes"],
-                             "prediction_error": data["prediction_error"]})
+                             "prediction_error": data["prediction_error"],
+                             "correction": (run["plan"].get("memory") or {}).get("correction", 1.0)})
         if len(rows) >= MAX_RUNS:
             break
     return rows
+
+
+def memory_correction(cfg: DialsumConfig, device: str) -> tuple[float, str] | None:
+    """(factor, reason) to scale this model's predicted memory by: the median measured/predicted peak of its past runs
+    on the same kind of device, each taken against its plan's uncorrected formula (so corrections do not compound);
+    None without such runs."""
+    rows = [r for r in past_predictions(cfg) if r["device"] == device]
+    if not rows:
+        return None
+    ratio = statistics.median(r["measured_bytes"] * r["correction"] / r["predicted_bytes"] for r in rows)
+    return ratio, (f"predictions x{ratio:.2f}: median measured/predicted peak of {len(rows)} past run(s) of this "
+                   f"model on {device} ({', '.join(r['run_id'] for r in rows[:3])}{', ...' if len(rows) > 3 else ''})")

@@ -49,10 +49,15 @@ class Footprint:
     activations: int
     overhead: int
     cpu_per_node: int   # host RAM a GPU plan needs per node (0 on CPU: everything is in `total`)
+    correction: float = 1.0   # measured/predicted of past runs of this model (plan_history.memory_correction)
+
+    @property
+    def formula_total(self) -> int:
+        return self.model_states + self.activations + self.overhead
 
     @property
     def total(self) -> int:
-        return self.model_states + self.activations + self.overhead
+        return int(self.formula_total * self.correction)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Setting:
     budget: int          # device_bytes x (1 - headroom)
     cpu_budget: int      # host RAM per node x (1 - headroom)
     slow_interconnect: bool
+    correction: float = 1.0
+    activation_scale: tuple[float, float] = (1.0, 1.0)   # traced/formula, checkpointing off and on (plan --trace)
 
     @property
     def world(self) -> int:
@@ -80,13 +87,13 @@ class Setting:
                                    offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
         acts = activation_bytes(spec, micro_batch=micro, source_length=self.source_length,
                                 target_length=self.target_length, precision=self.precision,
-                                checkpointing=c.gradient_checkpointing,
-                                fused_attention=spec.sdpa and self.device == "cuda")
+                                checkpointing=c.gradient_checkpointing, device=self.device)
+        acts = int(acts * self.activation_scale[c.gradient_checkpointing])
         cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
             spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
             offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
         return Footprint(states, acts, overhead_bytes(spec, device=self.device, stage=c.zero_stage,
-                                                      precision=self.precision), cpu)
+                                                      precision=self.precision), cpu, self.correction)
 
     def fits(self, fp: Footprint) -> bool:
         return fp.total <= self.budget and fp.cpu_per_node <= self.cpu_budget
@@ -242,20 +249,28 @@ def _load_spec(name: str, device: str) -> tuple[ModelSpec | None, str]:
 
 
 def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, nnodes: int | None = None,
-              nproc_per_node: int | None = None) -> Plan:
-    """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view)."""
+              nproc_per_node: int | None = None, trace: bool = False) -> Plan:
+    """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view). `trace` (or
+    parallel.trace_memory): activations from a fake-tensor trace of the model class. Past runs of the model on this
+    kind of device correct the prediction (plan_history.memory_correction)."""
+    from launcher.plan_history import memory_correction
+
     cfg = loaded.config
     device = "cuda" if topology.gpus else "cpu"
     spec, model_reason = _load_spec(cfg.model.name_or_path, device)
-    plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node)
+    plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                         correction=memory_correction(cfg, device) if spec else None,
+                         trace=(trace or cfg.parallel.trace_memory) and spec is not None)
     plan.config, plan.config_sources = loaded.to_dict(), dict(loaded.sources)
     plan.reasons = {"model": model_reason, **plan.reasons}
     return plan
 
 
 def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *, run_id: str,
-                  nnodes: int | None = None, nproc_per_node: int | None = None) -> Plan:
-    """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan)."""
+                  nnodes: int | None = None, nproc_per_node: int | None = None,
+                  correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
+    """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan).
+    `correction`: (factor, reason) from past runs; `trace`: activations traced from cfg.model.name_or_path."""
     par = cfg.parallel
     device = "cuda" if topology.gpus else "cpu"
     _check_pins(par)
@@ -287,17 +302,25 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         setting = Setting(spec=spec, device=device, precision=precision, nnodes=nnodes, nproc=nproc,
                           source_length=cfg.data.max_source_length, target_length=cfg.data.max_target_length,
                           device_bytes=device_bytes, budget=int(device_bytes * (1 - par.memory_headroom)),
-                          cpu_budget=int(topology.ram_bytes * (1 - par.memory_headroom)), slow_interconnect=slow)
+                          cpu_budget=int(topology.ram_bytes * (1 - par.memory_headroom)), slow_interconnect=slow,
+                          correction=correction[0] if correction else 1.0)
         if par.micro_batch_size:
             micros = [par.micro_batch_size]
         else:  # a bare parameter count has no activation model: one sample per forward
             micros = _divisors_desc(per_rank) if spec.has_architecture else [1]
+        traced = None
+        if trace and spec.has_architecture:
+            setting, traced = _traced(setting, cfg.model.name_or_path, candidates, micros[0])
+        if correction:
+            reasons["memory"] = correction[1]
         found = _search(setting, candidates, micros)
         if found is None:
             raise _too_big(setting, par, candidates, micros, per_rank)
         chosen, micro, fp = found
         reasons.update(_explain(setting, par, chosen, micro, fp, per_rank))
         memory = _memory_table(setting, chosen, micro, fp)
+        if traced:
+            memory["trace"] = traced
     accum = per_rank // micro
     ds = None
     if par.deepspeed:
@@ -313,6 +336,28 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
         gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
         reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict())
+
+
+def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
+    """Trace one training step of the model class on fake tensors at `micro` (checkpointing off and/or on, as the
+    candidates allow) and scale the formula's activations by traced/formula, so every candidate plans with the trace."""
+    import dataclasses
+    import time
+
+    from launcher.memory import load_configs, traced_activation_bytes
+
+    hf_config, raw = load_configs(name)
+    scale, rows = [1.0, 1.0], {}
+    start = time.perf_counter()
+    for ckpt in sorted({c.gradient_checkpointing for c in candidates}):
+        kw = dict(micro_batch=micro, source_length=setting.source_length, target_length=setting.target_length,
+                  precision=setting.precision, checkpointing=ckpt)
+        formula = activation_bytes(setting.spec, device=setting.device, **kw)
+        traced = traced_activation_bytes(hf_config, raw, device=setting.device, **kw)
+        scale[ckpt] = traced / formula
+        rows["on" if ckpt else "off"] = {"formula_bytes": formula, "traced_bytes": traced}
+    info = {"micro_batch_size": micro, "checkpointing": rows, "seconds": round(time.perf_counter() - start, 2)}
+    return dataclasses.replace(setting, activation_scale=tuple(scale)), info
 
 
 def _rank_env(device: str, topology: Topology, nproc: int) -> dict[str, str]:
@@ -385,7 +430,7 @@ def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
         table[str(stage)] = {"model_state_bytes_per_gpu": f.model_states, "activation_bytes_per_gpu": f.activations,
                              "overhead_bytes_per_gpu": f.overhead, "total": f.total, "fits": s.fits(f),
                              "cpu_bytes_per_node": f.cpu_per_node}
-    table.update(params=s.spec.params, predicted_peak_bytes_per_gpu=fp.total,
+    table.update(params=s.spec.params, predicted_peak_bytes_per_gpu=fp.total, correction=s.correction,
                  model_state_bytes_per_gpu=fp.model_states, activation_bytes_per_gpu=fp.activations,
                  overhead_bytes_per_gpu=fp.overhead, cpu_bytes_per_node=fp.cpu_per_node,
                  device_bytes=s.device_bytes, budget_bytes_per_gpu=s.budget)

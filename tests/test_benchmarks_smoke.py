@@ -69,3 +69,10 @@ def test_engine_vs_trainer_bench_gets_the_same_loss(tmp_path):
 def test_launcher_startup_bench_runs_both_sides(tmp_path):
     rows = table_rows(run_bench("bench_launcher_startup.py", "--workdir", str(tmp_path), timeout=LAUNCH_TIMEOUT_S))
     assert len(rows) == 2 and "torchrun" in rows[0][0] and "dialsum launch" in rows[1][0]
+
+
+def test_activation_memory_bench_measures_a_tiny_case():
+    rows = table_rows(run_bench("bench_activation_memory.py"))
+    assert len(rows) == 1 and rows[0][0] == "tiny"
+    predicted, measured = float(rows[0][5]), float(rows[0][6])
+    assert predicted > 0 and measured > 0 and rows[0][7].endswith("%")

@@ -31,15 +31,49 @@ def _real(sizes: dict):
     return AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
 
 
-@pytest.mark.parametrize("sizes", [TINY_BART, TINY_T5], ids=["bart", "t5-untied-gated"])
-def test_param_count_from_config_matches_an_instantiated_model(sizes, tmp_path):
-    model = _real(sizes)
+def test_param_count_from_config_matches_an_instantiated_model(tmp_path):
+    model = _real(TINY_BART)
     real = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    spec = model_spec(sizes)
+    spec = model_spec(TINY_BART)
     assert (spec.params, spec.largest_layer_params) == (real, largest)
     model.config.save_pretrained(tmp_path)   # and from a model directory
     assert model_spec(tmp_path).params == real
+
+
+def test_untied_t5_is_counted_as_from_pretrained_loads_it(tmp_path):
+    """A T5 v1.1 / mT5 checkpoint: config.json says tie_word_embeddings=false and the weights hold their own lm_head.
+    transformers 5 forces the config object tied, but from_pretrained loads the separate lm_head: count that."""
+    import json
+
+    from launcher.memory import build_model, raw_config
+
+    kwargs = dict(TINY_T5)
+    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    build_model(config, TINY_T5).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "tie_word_embeddings": False}))  # as the hub's files say
+    assert raw_config(tmp_path)["tie_word_embeddings"] is False
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is not loaded.shared.weight
+    real = sum(p.numel() for p in loaded.parameters())
+    spec = model_spec(tmp_path)
+    assert spec.params == real == model_spec(TINY_T5).params and not spec.tied_lm_head
+    tied = AutoModelForSeq2SeqLM.from_config(config)   # the config object alone: one embedding too few
+    assert sum(p.numel() for p in tied.parameters()) == real - 1000 * 64
+
+
+# Published parameter counts (model cards, papers); pegasus-large's 568M leaves out its frozen sinusoidal positions.
+PUBLISHED = {"bart-base": 139_420_416, "bart-large": 406_291_456, "t5-base": 222_903_552, "mt5-small": 300_176_768,
+             "mt5-base": 582_401_280, "flan-t5-large": 783_150_080, "pegasus-large": 568_699_904,
+             "kobart-base-v2": 123_859_968}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_fixture_configs_count_the_published_parameters(name, repo_root):
+    spec = model_spec(repo_root / "tests" / "fixtures" / "model_configs" / name)
+    assert spec.params == PUBLISHED[name]
+    assert spec.tied_lm_head == (name not in ("mt5-small", "mt5-base", "flan-t5-large"))
 
 
 def test_spec_reads_encoder_decoder_sizes():
@@ -48,7 +82,7 @@ def test_spec_reads_encoder_decoder_sizes():
     assert (bart.encoder_layers, bart.decoder_layers, bart.vocab_size, bart.gated_ffn) == (2, 3, 1000, False)
     assert (t5.attention_inner, t5.ffn_size, t5.gated_ffn) == (64, 256, True)
     assert (t5.encoder_layers, t5.decoder_layers) == (2, 3)
-    assert bart.sdpa and bart.model_type == "bart"
+    assert bart.attn_implementation == "sdpa" and bart.model_type == "bart"
 
 
 @pytest.mark.parametrize("sizes,billions", [(BART_7B, 7.7), (T5_70B, 88.8)], ids=["bart-7b", "t5-70b"])
@@ -113,37 +147,53 @@ def test_stage_ordering_and_precision():
     assert model_state_bytes(spec, stage=1, world_size=8, precision="bf16", offload_optimizer=True) == 4 * 10**9
 
 
-def _korthikanti_spec(h=1024, a=16, layers=(12, 12), vocab=50000) -> ModelSpec:
+def _korthikanti_spec(h=1024, a=16, layers=(12, 12), vocab=50000, **kw) -> ModelSpec:
     return ModelSpec(model_type="bart", params=1, largest_layer_params=1, hidden_size=h, ffn_size=4 * h,
-                     attention_inner=h, heads=a, encoder_layers=layers[0], decoder_layers=layers[1], vocab_size=vocab)
+                     attention_inner=h, heads=a, encoder_layers=layers[0], decoder_layers=layers[1], vocab_size=vocab,
+                     **{"attn_implementation": "eager", "attention_dropout": 0.1, "dropout": 0.1, **kw})
 
 
 def test_encoder_layer_follows_korthikanti():
-    """One encoder layer, no decoder, no vocabulary: s·b·h·(34 + 5·a·s/h) plus the embedding terms."""
+    """One encoder layer, no decoder, no vocabulary, 16 bits on CUDA (bool dropout masks), eager attention, no FFN
+    dropout: s·b·h·(34 + 5·a·s/h) plus the embedding terms (9sbh)."""
     s, b, h, a = 512, 4, 1024, 16
     spec = _korthikanti_spec(h, a, layers=(1, 0), vocab=0)
-    got = activation_bytes(spec, micro_batch=b, source_length=s, target_length=0, precision="bf16",
-                           checkpointing=False)
-    embeddings = 3 * s * b * h + 2 * s * b * h
-    assert got - embeddings == s * b * h * (34 + 5 * a * s / h)
-    fused = activation_bytes(spec, micro_batch=b, source_length=s, target_length=0, precision="bf16",
-                             checkpointing=False, fused_attention=True)
-    assert fused - embeddings == s * b * h * 34 + 4 * a * s * b
+    kw = dict(micro_batch=b, source_length=s, target_length=0, precision="bf16", checkpointing=False, device="cuda")
+    embeddings = 9 * s * b * h
+    assert activation_bytes(spec, **kw) - embeddings == s * b * h * (34 + 5 * a * s / h)
+    sdpa = ModelSpec(**{**spec.__dict__, "attn_implementation": "sdpa"})   # flash: output + fp32 log-sum-exp
+    assert activation_bytes(sdpa, **kw) - embeddings == s * b * h * (34 + 2) + 4 * a * s * b
+    on_cpu = activation_bytes(spec, **{**kw, "device": "cpu"})   # CPU dropout keeps its noise in bf16, not bools
+    assert on_cpu - activation_bytes(spec, **kw) == s * b * h * (1 + 1 + 1) + a * s * s * b
 
 
-def test_activations_scale_with_batch_checkpointing_precision_and_logits():
+def test_attention_path_follows_implementation_device_and_dropout():
+    from launcher.memory import fused_attention
+
+    bart = _korthikanti_spec(attn_implementation="sdpa", attention_dropout=0.1)
+    kobart = ModelSpec(**{**bart.__dict__, "attention_dropout": 0.0})
+    eager = ModelSpec(**{**kobart.__dict__, "attn_implementation": "eager"})
+    assert [fused_attention(m, "cpu") for m in (bart, kobart, eager)] == [False, True, False]
+    assert [fused_attention(m, "cuda") for m in (bart, kobart, eager)] == [True, True, False]
+    kw = dict(micro_batch=4, source_length=512, target_length=128, precision="fp32", checkpointing=False, device="cpu")
+    assert activation_bytes(kobart, **kw) < 0.6 * activation_bytes(bart, **kw)   # no s x s probabilities kept
+
+
+def test_activations_scale_with_checkpointing_precision_and_logits():
     spec = _korthikanti_spec()
-    kw = dict(source_length=512, target_length=128)
+    kw = dict(source_length=512, target_length=128, device="cpu")
     one = activation_bytes(spec, micro_batch=1, precision="bf16", checkpointing=False, **kw)
-    assert activation_bytes(spec, micro_batch=4, precision="bf16", checkpointing=False, **kw) == 4 * one
-    ckpt = activation_bytes(spec, micro_batch=1, precision="bf16", checkpointing=True, **kw)
-    assert ckpt < one / 3
-    logits = 128 * spec.vocab_size
-    fp32 = activation_bytes(spec, micro_batch=1, precision="fp32", checkpointing=False, **kw)
-    assert fp32 - 12 * logits == 2 * (one - 10 * logits)   # fp32 doubles everything but the (already fp32) logits
+    four = activation_bytes(spec, micro_batch=4, precision="bf16", checkpointing=False, **kw)
+    eight = activation_bytes(spec, micro_batch=8, precision="bf16", checkpointing=False, **kw)
+    assert eight == 2 * four      # the start of backward dominates: linear in the batch
+    assert one > four / 4         # at one sample the embedding gradients (batch-independent) set the peak
+    assert activation_bytes(spec, micro_batch=8, precision="bf16", checkpointing=True, **kw) < eight / 3
+    logits = 4 * 128 * spec.vocab_size
+    fp32 = activation_bytes(spec, micro_batch=4, precision="fp32", checkpointing=False, **kw)
+    assert fp32 - 12 * logits == 2 * (four - 14 * logits)   # fp32 doubles all but the fp32 loss terms
     bigger_vocab = ModelSpec(**{**spec.__dict__, "vocab_size": 250112})
-    assert activation_bytes(bigger_vocab, micro_batch=1, precision="bf16", checkpointing=False, **kw) - one == \
-        10 * 128 * (250112 - spec.vocab_size)
+    assert activation_bytes(bigger_vocab, micro_batch=4, precision="bf16", checkpointing=False, **kw) - four == \
+        14 * 128 * 4 * (250112 - spec.vocab_size)
     assert activation_bytes(bare_spec(10**9), micro_batch=8, precision="bf16", checkpointing=False, **kw) == 0
 
 
@@ -163,3 +213,49 @@ def test_local_model_spec_is_cached_by_config_hash(tmp_path, monkeypatch, tiny_m
     bigger = model_spec(model)
     assert bigger.hidden_size == 128 and bigger.params > first.params  # a changed config is a new key, not stale
     assert len(list(spec_cache_dir().iterdir())) == 2
+
+
+def test_formula_matches_the_recorded_cpu_measurements(repo_root):
+    """Every activation measurement `benchmarks/bench_activation_memory.py --save` recorded on CPU (fixture configs,
+    random weights, one step after a warm-up): the formula within 15%."""
+    import json
+
+    results = json.loads((repo_root / "benchmarks" / "results" / "activation_memory_cpu.json").read_text())
+    assert len(results) >= 6
+    errors = {}
+    for case, row in results.items():
+        model, lengths, micro, ckpt, precision = case.split("|")
+        source, target = map(int, lengths.split("/"))
+        spec = model_spec(repo_root / "tests" / "fixtures" / "model_configs" / model)
+        predicted = activation_bytes(spec, micro_batch=int(micro.removeprefix("mb")), source_length=source,
+                                     target_length=target, precision=precision, checkpointing=ckpt.endswith("on"),
+                                     device="cpu")
+        errors[case] = predicted / row["measured_bytes"] - 1
+    assert all(abs(e) <= 0.15 for e in errors.values()), {k: f"{e:+.1%}" for k, e in errors.items()}
+
+
+def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
+    """One training step of BartForConditionalGeneration traced on fake tensors (no memory allocated): within 15% of
+    the activation memory the benchmark measured on this CPU for the same case."""
+    import json
+
+    from launcher.memory import load_configs, traced_activation_bytes
+
+    measured = json.loads((repo_root / "benchmarks" / "results" / "activation_memory_cpu.json").read_text())
+    measured = measured["bart-base|512/128|mb4|ckpt off|fp32"]["measured_bytes"]
+    hf_config, raw = load_configs(repo_root / "tests" / "fixtures" / "model_configs" / "bart-base")
+    traced = traced_activation_bytes(hf_config, raw, micro_batch=4, source_length=512, target_length=128,
+                                     precision="fp32", checkpointing=False)
+    assert traced == pytest.approx(measured, rel=0.15)
+
+
+def test_deep_models_are_traced_as_scaled_layer_copies():
+    """Beyond TRACE_FULL_LAYERS the trace runs 1-2 layer copies (seconds for a 7B config) and scales per layer."""
+    from launcher.memory import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
+
+    hf_config, raw = load_configs(BART_7B)
+    assert BART_7B["encoder_layers"] + BART_7B["decoder_layers"] > TRACE_FULL_LAYERS
+    kw = dict(micro_batch=1, source_length=128, target_length=32, precision="bf16", checkpointing=False)
+    traced = traced_activation_bytes(hf_config, raw, **kw)
+    formula = activation_bytes(model_spec(BART_7B), device="cpu", **kw)
+    assert traced == pytest.approx(formula, rel=0.25)

@@ -346,3 +346,78 @@ def test_plan_cli_bare_parameter_count(capsys):
         bare_spec(psi), stage=0, world_size=64, precision="bf16")
     assert main(["plan", "--model-params", "7.5B", "--gpus", "8"]) == 2
     assert "--gpu-memory" in capsys.readouterr().err
+
+
+def _past_run(tracker, run_id: str, model: str, device: str, predicted: int, measured: int, correction: float = 1.0):
+    tracker.create_run(run_id, name="past", config={"model": {"name_or_path": model}},
+                       plan={"world_size": 1, "zero_stage": 0, "micro_batch_size": 4,
+                             "memory": {"correction": correction}}, environment={})
+    tracker.start(run_id)
+    tracker.log_event(run_id, 10, "memory_peaks", {
+        "peak_bytes_per_rank": [measured], "max_bytes": measured, "device": device, "predicted_bytes": predicted,
+        "prediction_error": (predicted - measured) / measured})
+    tracker.finish(run_id, "completed")
+
+
+def test_past_runs_of_the_model_on_this_device_correct_the_prediction(models, tmp_path, monkeypatch):
+    """A real SQLite store written through the Tracker: the median measured/predicted of past CPU runs of this model
+    scales the prediction (each against its own plan's uncorrected formula), and the plan says so."""
+    from engine.store import Tracker, open_store
+
+    monkeypatch.delenv("DIALSUM_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'dialsum.db'}"
+    cfg = DialsumConfig()
+    cfg.model.name_or_path, cfg.tracking.uri, cfg.training.global_batch_size = models["bart-base"], uri, 8
+    loaded = LoadedConfig(config=cfg, sources={})
+    with open_store(uri) as store:   # empty store: the formula alone
+        Tracker(store)
+    before = make_plan(loaded, topo("cpu-only"), run_id="r0")
+    assert "memory" not in before.reasons and before.memory["correction"] == 1.0
+    formula = before.memory["predicted_peak_bytes_per_gpu"]
+    with open_store(uri) as store:
+        tracker = Tracker(store)
+        _past_run(tracker, "a", models["bart-base"], "cpu", formula, int(0.7 * formula))
+        _past_run(tracker, "b", models["bart-base"], "cpu", formula, int(0.8 * formula))
+        # planned with a 0.8 correction already: its uncorrected formula was predicted / 0.8
+        _past_run(tracker, "c", models["bart-base"], "cpu", int(0.8 * formula), int(0.9 * formula), correction=0.8)
+        _past_run(tracker, "gpu", models["bart-base"], "cuda", formula, 3 * formula)       # another kind of device
+        _past_run(tracker, "other", models["bart-large"], "cpu", formula, 3 * formula)     # another model
+    after = make_plan(loaded, topo("cpu-only"), run_id="r1")
+    assert after.memory["correction"] == pytest.approx(0.8, rel=1e-3)
+    assert "x0.80" in after.reasons["memory"] and "3 past run(s)" in after.reasons["memory"]
+    assert "on cpu" in after.reasons["memory"]
+    stage = after.memory[str(after.zero_stage)]
+    assert stage["total"] == int(0.8 * (stage["model_state_bytes_per_gpu"] + stage["activation_bytes_per_gpu"]
+                                        + stage["overhead_bytes_per_gpu"]))
+
+
+def test_cpu_rank_baseline_is_measured_not_a_constant(tmp_path, monkeypatch):
+    """The CPU overhead is the RSS of a fresh interpreter after a rank's imports, measured once and cached."""
+    from launcher.memory import cpu_baseline_bytes, overhead_bytes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rss = cpu_baseline_bytes()
+    assert 150 * 2**20 < rss < 2 * 2**30 and rss != 2**30
+    cached = list((tmp_path / "dialsum").glob("cpu-baseline-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["rss_bytes"] == rss
+    assert overhead_bytes(bare_spec(1), device="cpu", stage=0, precision="fp32") == rss
+
+
+def test_plan_cli_trace_plans_with_the_traced_activations(models, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  name_or_path: {models['bart-base']}\ntraining:\n  global_batch_size: 2\n"
+                    "data:\n  max_source_length: 64\n  max_target_length: 16\nparallel:\n  gradient_checkpointing: false\n")
+    args = ["plan", str(path), "--topology-file", str(FIXTURES / "cpu-only.yaml")]
+    assert main([*args, "--json"]) == 0
+    formula = json.loads(capsys.readouterr().out)["memory"]
+    assert "trace" not in formula
+    assert main([*args, "--json", "--trace"]) == 0
+    traced = json.loads(capsys.readouterr().out)["memory"]
+    row = traced["trace"]["checkpointing"]["off"]
+    assert set(traced["trace"]["checkpointing"]) == {"off"} and traced["trace"]["micro_batch_size"] == 2
+    assert row["formula_bytes"] == formula["activation_bytes_per_gpu"]
+    assert abs(traced["activation_bytes_per_gpu"] - row["traced_bytes"]) <= 1   # float scale, rounded
+    assert row["traced_bytes"] != row["formula_bytes"]
+    assert main([*args, "--set", "parallel.trace_memory=true"]) == 0   # the config switch, and the table line
+    out = capsys.readouterr().out
+    assert "planned with the trace" in out and "formula" in out and "trace" in out

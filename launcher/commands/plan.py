@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(80GiB binary, 80GB decimal)")
     parser.add_argument("--host-memory", default="1TiB", metavar="SIZE", help="with --model-params: host RAM per node")
     parser.add_argument("--json", action="store_true", help="print the Plan (with per-stage memory) as JSON")
+    parser.add_argument("--trace", action="store_true", help="plan with activations traced on fake tensors (one "
+                        "training step of the model class, no real memory) next to the formula; "
+                        "config: parallel.trace_memory")
     parser.set_defaults(func=run)
 
 
@@ -82,7 +85,8 @@ def _config_plan(args: argparse.Namespace) -> Plan:
         raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
     loaded = load_from_args(args)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
-    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nnodes, nproc_per_node=args.nproc)
+    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nnodes, nproc_per_node=args.nproc,
+                     trace=args.trace)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +131,8 @@ def print_plan(plan: Plan) -> None:
     console = Console()
     if "model" in plan.reasons:
         console.print(f"[bold]Model:[/bold] {plan.reasons['model']}")
+    if "memory" in plan.reasons:
+        console.print(f"[bold]Memory:[/bold] {plan.reasons['memory']}")
     offload = "optimizer+params" if plan.offload_params else ("optimizer" if plan.offload_optimizer else "none")
     values = {
         "world_size": f"{plan.world_size} ({plan.nnodes}x{plan.nproc_per_node}, {plan.device}/{plan.backend})",
@@ -161,3 +167,9 @@ def print_plan(plan: Plan) -> None:
     host = f"; host RAM per node {_gib(m['cpu_bytes_per_node'])}" if plan.device == "cuda" else ""
     console.print(f"Predicted peak {_gib(m['predicted_peak_bytes_per_gpu'])} per {unit} of a "
                   f"{_gib(m['budget_bytes_per_gpu'])} budget ({_gib(m['device_bytes'])} {device}){host}")
+    if "trace" in m:
+        t = m["trace"]
+        rows = "; ".join(f"checkpointing {k}: formula {_gib(r['formula_bytes'])}, trace {_gib(r['traced_bytes'])}"
+                         for k, r in t["checkpointing"].items())
+        console.print(f"Activations at micro-batch {t['micro_batch_size']} (planned with the trace, "
+                      f"{t['seconds']:.1f} s): {rows}")

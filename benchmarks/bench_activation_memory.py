@@ -1,0 +1,162 @@
+"""Activation memory: the planner's prediction next to what one training step really allocates on this CPU.
+
+Per case (model x micro-batch x checkpointing x precision), a fresh subprocess builds the model from a fixture config
+(random weights, untied where the checkpoint is), runs one warm-up forward+backward so gradients exist, then polls its
+own RSS every 2 ms during a second forward+backward: activations = peak minus the RSS just before. glibc's mmap threshold
+is pinned (MALLOC_MMAP_THRESHOLD_) so freed activations go back to the OS and the second step allocates them afresh
+rather than reusing heap the warm-up left behind. Memory is not timing: the numbers hold on a busy machine.
+
+    python benchmarks/bench_activation_memory.py                      # mb 4, fp32+bf16, checkpointing off/on, 6 models
+    python benchmarks/bench_activation_memory.py --models bart-base --micro 1 4 --save
+    python benchmarks/bench_activation_memory.py --report             # the table from the saved results, no measuring
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import REPO_ROOT, bench_env, markdown_table
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
+RESULTS = Path(__file__).resolve().parent / "results" / "activation_memory_cpu.json"
+MODELS = ("bart-base", "bart-large", "t5-base", "mt5-small", "pegasus-large", "kobart-base-v2")
+TINY = {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "vocab_size": 1000,
+        "max_position_embeddings": 256}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _config(model: str):
+    """(transformers config, raw config dict) of a fixture directory, or of the tiny --quick model."""
+    from transformers import AutoConfig
+
+    from launcher.memory import raw_config
+
+    if model == "tiny":
+        kwargs = dict(TINY)
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), TINY
+    return AutoConfig.from_pretrained(FIXTURES / model), raw_config(FIXTURES / model)
+
+
+def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> dict:
+    """Runs in the child: the RSS rise of one forward+backward after a warm-up step."""
+    import torch
+
+    from launcher.memory import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    hf_config, raw = _config(model)
+    net = build_model(hf_config, raw)
+    if precision == "bf16":
+        net.to(torch.bfloat16)  # as DeepSpeed's bf16 engine holds the module (fp32 master copy in the optimizer)
+    net.config.use_cache = False
+    if ckpt:
+        net.gradient_checkpointing_enable()
+    net.train()
+    vocab = hf_config.vocab_size
+    batch = {"input_ids": torch.randint(4, vocab, (micro, source)), "attention_mask": torch.ones(micro, source, dtype=torch.long),
+             "labels": torch.randint(4, vocab, (micro, target))}
+
+    def step():
+        net(**batch).loss.backward()
+
+    step()  # warm-up: gradients exist from here on, as in training
+    before, peak, done = _rss(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    step()
+    done.set()
+    poller.join()
+    return {"measured_bytes": max(peak[0], _rss()) - before, "rss_before_bytes": before}
+
+
+def predict(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> int:
+    from launcher.memory import activation_bytes, model_spec
+
+    spec = model_spec(TINY if model == "tiny" else FIXTURES / model)
+    return activation_bytes(spec, micro_batch=micro, source_length=source, target_length=target, precision=precision,
+                            checkpointing=ckpt, device="cpu")
+
+
+def key(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> str:
+    return f"{model}|{source}/{target}|mb{micro}|ckpt {'on' if ckpt else 'off'}|{precision}"
+
+
+def run_case(case: tuple, timeout: int) -> dict:
+    env = bench_env({"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"{key(*case)}: child failed\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict) -> str:
+    rows = []
+    for name, r in results.items():
+        model, lengths, micro, ckpt, precision = name.split("|")
+        case = (model, int(micro[2:]), ckpt.endswith("on"), precision, *map(int, lengths.split("/")))
+        predicted = predict(*case)
+        rows.append([model, lengths, micro[2:], ckpt.split()[1], precision, f"{predicted / 2**30:.3f}",
+                     f"{r['measured_bytes'] / 2**30:.3f}", f"{(predicted - r['measured_bytes']) / r['measured_bytes']:+.1%}"])
+    return markdown_table(["model", "src/tgt", "micro", "ckpt", "precision", "predicted GiB", "measured GiB", "error"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--micro", nargs="+", type=int, default=[4])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--ckpt", nargs="+", default=["off", "on"])
+    parser.add_argument("--lengths", default="512/128")
+    parser.add_argument("--save", action="store_true", help=f"merge the measurements into {RESULTS.relative_to(REPO_ROOT)}")
+    parser.add_argument("--report", action="store_true", help="print the table of the saved results only")
+    parser.add_argument("--quick", action="store_true", help="one tiny BART case (smoke test)")
+    parser.add_argument("--timeout", type=int, default=1800, help="per case, seconds")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(*json.loads(args.child))))
+        return
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.report:
+        print(table(saved))
+        return
+    source, target = map(int, args.lengths.split("/"))
+    if args.quick:
+        cases = [("tiny", 2, False, "fp32", 64, 16)]
+    else:
+        cases = [(m, mb, c == "on", p, source, target)
+                 for m, mb, p, c in itertools.product(args.models, args.micro, args.precision, args.ckpt)]
+    results = {}
+    for case in cases:
+        results[key(*case)] = run_case(case, args.timeout)
+        print(f"{key(*case)}: {results[key(*case)]['measured_bytes'] / 2**30:.3f} GiB", file=sys.stderr, flush=True)
+        if args.save and not args.quick:
+            from engine.atomic import atomic_write_text
+
+            saved[key(*case)] = results[key(*case)]
+            atomic_write_text(RESULTS, json.dumps(dict(sorted(saved.items())), indent=1) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
