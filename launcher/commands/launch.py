@@ -39,6 +39,25 @@ def check_data(cfg) -> None:
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
 
 
+def check_model(cfg) -> None:
+    """The model must be readable before any rank starts: a missing directory, a config.json that is not JSON or a hub
+    id that cannot be resolved is a one-line error here, not a rank's traceback after the run folder exists."""
+    from engine.modeling import _check_source as check_model_source
+    from launcher.memory import model_spec
+
+    name = cfg.model.name_or_path
+    source = check_model_source(name, "model.name_or_path")
+    if cfg.model.tokenizer:
+        check_model_source(cfg.model.tokenizer, "model.tokenizer")
+    try:
+        model_spec(source)
+    except (OSError, ValueError, KeyError) as exc:
+        what = "config.json (a Hugging Face model config)" if Path(source).is_dir() else "a hub id in the local cache"
+        reason = " ".join(str(exc).split())
+        raise UserError(f"model.name_or_path: cannot read {name!r} as {what}: "
+                        f"{reason if len(reason) <= 200 else reason[:197] + '...'}") from None
+
+
 def read_sweep_params(path: str | None) -> dict | None:
     if not path:
         return None
@@ -59,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_from_args(args, sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
+    check_model(loaded.config)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
     run_id = args.run_id or new_run_id()
     if args.nnodes > 1 and not (args.run_id or os.environ.get("DIALSUM_RUN_ID")):
