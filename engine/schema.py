@@ -94,6 +94,8 @@ class ParallelConfig:
     precision: str = _f("auto", "Training precision.", choices=["auto", "fp32", "bf16", "fp16"])
     deepspeed: bool = _f(True, "Train under DeepSpeed (False: plain DDP/single process).")
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
+    deepspeed_config: str = _f("", "Your DeepSpeed config JSON: used as given, its \"auto\" values filled from the plan "
+                                  "and its stage/offload/batch checked for memory; empty: dialsum renders one.")
 
 
 @dataclass
