@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
                         help="sweep parameters (dotted keys), applied above files and environment, below --set")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every rank prints to the console (default: rank 0; the others write runs/<id>/logs/)")
     parser.set_defaults(func=run)
 
 
@@ -95,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
     plan.save(plan_path)
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
-                          master_port=args.master_port, max_restarts=args.max_restarts)
+                          master_port=args.master_port, max_restarts=args.max_restarts, verbose=args.verbose)
     return settle_run(loaded.config, plan.run_id, outcome)
