@@ -25,6 +25,26 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def quiet_libraries() -> None:
+    """Known library noise, filtered where it starts, so the console shows the run: deprecation FutureWarnings from
+    transformers/DeepSpeed/torch for calls the engine and DeepSpeed make, transformers' embedding-resize note (speaker
+    tags are added on purpose), its print when W&B is offline and its "Loading weights" bars, and rouge-score's absl
+    INFO line."""
+    import contextlib
+    import io
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|deepspeed|torch)(\.|$)")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.get_logger("transformers.modeling_utils").addFilter(
+        lambda record: not str(record.msg).startswith("The new embeddings will be initialized"))
+    with contextlib.redirect_stdout(io.StringIO()):  # prints "[INFO] Running in WANDB offline mode" on import
+        import transformers.integrations.integration_utils  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m engine")
@@ -47,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.redact import redact_logging
 
     redact_logging()
+    quiet_libraries()
     try:
         from engine.plan import Plan
 

@@ -80,7 +80,10 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
     from launcher.planner import make_plan
     from launcher.topology import detect_topology
 
+    from launcher.ds_config import refuse_fsdp
+
     adopt_slurm_environment()
+    refuse_fsdp(os.environ)  # on every rank, before any collective: an accelerate FSDP config is one line, exit 2
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     loaded = load_config(config_files, overrides, sweep_params=sweep_params)
@@ -92,10 +95,15 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
     init_process_group(loaded.config.parallel.deepspeed)
     payload: list[Any] = [None]
     if torch.distributed.get_rank() == 0:
-        plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
-                         nnodes=world_size // local_world, nproc_per_node=local_world)
-        payload = [plan.to_json()]
+        try:
+            plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
+                             nnodes=world_size // local_world, nproc_per_node=local_world)
+            payload = [plan.to_json()]
+        except UserError as exc:  # every rank reports it and exits 2, rather than waiting on a dead rank 0
+            payload = [{"error": str(exc)}]
     torch.distributed.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], dict):
+        raise UserError(payload[0]["error"])
     plan = Plan.from_json(payload[0])
     os.environ.update(plan.env)
     return plan

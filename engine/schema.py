@@ -97,6 +97,8 @@ class ParallelConfig:
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
     trace_memory: bool = _f(False, "Plan with activations traced on fake tensors (one step of the model class) "
                                    "instead of the formula alone (`dialsum plan --trace`).")
+    deepspeed_config: str = _f("", "Your DeepSpeed config JSON: used as given, its \"auto\" values filled from the plan "
+                                  "and its stage/offload/batch checked for memory; empty: dialsum renders one.")
 
 
 @dataclass

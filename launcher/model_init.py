@@ -26,6 +26,7 @@ class ModelSize:
 
 SIZES = {
     "tiny": ModelSize(d_model=64, layers=2, heads=4, ffn_dim=128, vocab_size=4000),
+    "mini": ModelSize(d_model=128, layers=2, heads=4, ffn_dim=512, vocab_size=4000),  # the demo: learns in minutes on 2 cores
     "small": ModelSize(d_model=256, layers=3, heads=4, ffn_dim=1024, vocab_size=8000),
 }
 # BART's id layout: the tokenizer trainer assigns these ids in this order.

@@ -11,6 +11,7 @@ would fit instead.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from engine.config import LoadedConfig
 from engine.errors import UserError
 from engine.schema import DialsumConfig, ParallelConfig
-from launcher.ds_config import render_deepspeed_config
+from launcher.ds_config import (
+    UserDeepSpeed, auto_values, read_user_deepspeed, render_deepspeed_config, resolve_user_deepspeed,
+    trainer_values, user_pins,
+)
 from launcher.memory import (
     GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, model_spec, model_state_bytes, overhead_bytes,
 )
@@ -258,9 +262,18 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, nnodes: 
     cfg = loaded.config
     device = "cuda" if topology.gpus else "cpu"
     spec, model_reason = _load_spec(cfg.model.name_or_path, device)
-    plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                         correction=memory_correction(cfg, device) if spec else None,
-                         trace=(trace or cfg.parallel.trace_memory) and spec is not None)
+    memory = {"correction": memory_correction(cfg, device) if spec else None,
+              "trace": (trace or cfg.parallel.trace_memory) and spec is not None}
+    user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, os.environ)
+    if user_ds is None:
+        plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                             **memory)
+        if plan.use_deepspeed:
+            plan.reasons["deepspeed_config"] = (f"dialsum's plan: rendered for the choices above (ds_configs zero"
+                                                f"{plan.zero_stage}.json, every value filled)")
+    else:
+        plan = plan_user_deepspeed(user_ds, cfg, spec, topology, run_id=run_id, nnodes=nnodes,
+                                   nproc_per_node=nproc_per_node, **memory)
     plan.config, plan.config_sources = loaded.to_dict(), dict(loaded.sources)
     plan.reasons = {"model": model_reason, **plan.reasons}
     return plan
@@ -435,3 +448,58 @@ def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
                  overhead_bytes_per_gpu=fp.overhead, cpu_bytes_per_node=fp.cpu_per_node,
                  device_bytes=s.device_bytes, budget_bytes_per_gpu=s.budget)
     return table
+
+
+# ---------------------------------------------------------------------------------------------------- user DeepSpeed
+
+def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *,
+                        run_id: str, nnodes: int | None, nproc_per_node: int | None,
+                        correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
+    """Plan around a DeepSpeed config the user brought: its stage, offload, precision and batch split become pins
+    (so the same memory model checks them, and a config that cannot fit fails saying by how much), its "auto" values
+    are filled from the plan, and the plan says whose config runs."""
+    if not cfg.parallel.deepspeed:
+        raise UserError(f"{user.source}: given with parallel.deepspeed=false; drop one of the two")
+    pins = user_pins(user)
+    accum = pins.pop("gradient_accumulation_steps", None)
+    par = cfg.parallel
+    for key, value in pins.items():
+        mine = getattr(par, key)
+        if mine not in (None, "auto") and mine != value:
+            raise UserError(f"{user.source}: sets {key}={value} but parallel.{key}={mine}; keep one of the two")
+    if pins.get("precision") == "fp16" and not topology.gpus:
+        raise UserError(f"{user.source}: fp16.enabled is true, but DeepSpeed cannot train fp16 on CPU ranks; set "
+                        "fp16.enabled to false or \"auto\" (dialsum then plans fp32, or bf16 where pinned)")
+    if accum is not None:
+        world = (nnodes or topology.nnodes) * (nproc_per_node or par.nproc_per_node or len(topology.gpus) or 1)
+        per_rank = cfg.training.global_batch_size // world
+        if per_rank % accum or (pins.get("micro_batch_size") not in (None, per_rank // accum)):
+            raise UserError(f"{user.source}: gradient_accumulation_steps={accum} does not split "
+                            f"training.global_batch_size {cfg.training.global_batch_size} over {world} rank(s) "
+                            f"({per_rank} per rank); set it to \"auto\" or to a divisor of {per_rank}")
+        pins["micro_batch_size"] = per_rank // accum
+    pinned = copy.deepcopy(cfg)
+    for key, value in pins.items():
+        setattr(pinned.parallel, key, value)
+    try:
+        plan = plan_for_spec(pinned, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                             correction=correction, trace=trace)
+    except UserError as exc:
+        raise UserError(f"{user.source}: {exc}") from None
+    values = auto_values(zero_stage=plan.zero_stage, precision=plan.precision, micro_batch_size=plan.micro_batch_size,
+                         gradient_accumulation_steps=plan.gradient_accumulation_steps, world_size=plan.world_size,
+                         gradient_clipping=cfg.training.max_grad_norm, hidden_size=spec.hidden_size if spec else 0,
+                         device=plan.device, offload_optimizer=plan.offload_optimizer,
+                         offload_params=plan.offload_params)
+    plan.deepspeed_config, filled = resolve_user_deepspeed(user, values, trainer_values(cfg), plan.world_size)
+    taken = [k for k in ("zero_stage", "offload_optimizer", "offload_params", "precision", "micro_batch_size")
+             if k in pins]
+    for key, reason in (("zero_stage", "zero_stage"), ("offload_optimizer", "offload"), ("offload_params", "offload"),
+                        ("precision", "precision"), ("micro_batch_size", "micro_batch_size")):
+        if key in pins and reason in plan.reasons:
+            plan.reasons[reason] = plan.reasons[reason].replace("pinned (parallel.", "from your DeepSpeed config (")
+    if "optimizer" in plan.deepspeed_config or "scheduler" in plan.deepspeed_config:
+        filled.append("optimizer/scheduler sections are yours (training.optim / lr_scheduler_type unused)")
+    plan.reasons["deepspeed_config"] = (f"{user.source}: yours, used as given; decides {', '.join(taken) or 'nothing'}; "
+                                        f"filled {'; '.join(user.notes + filled) or 'nothing'}")
+    return plan

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -34,8 +34,9 @@ class LaunchOutcome:
 
 
 def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr: str | None = None,
-                master_port: int = 29500, max_restarts: int = 0) -> LaunchOutcome:
-    """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr."""
+                master_port: int = 29500, max_restarts: int = 0, verbose: bool = False) -> LaunchOutcome:
+    """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr.
+    Local rank 0 prints to the console; the others write `logs/` in the run folder (every rank prints with verbose)."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     os.environ.update(plan.env)
     # A fresh TCPStore for every (re)started worker group: the shared rendezvous store keeps the dead group's gloo
@@ -51,12 +52,14 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         rdzv_backend=backend, rdzv_endpoint=endpoint,
         rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn",
         signals_to_handle=FORWARDED_SIGNALS, shutdown_timeout=SHUTDOWN_GRACE_S,
+        logs_specs=_logs_specs(plan_path.parent / "logs", plan.nproc_per_node, verbose),
     )
     try:
         elastic_launch(config, sys.executable)("-m", "engine", "--plan", str(plan_path))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # signal -9 -> 137
+        _show_log_tail(plan_path.parent / "logs", failure.local_rank, rank)
         return LaunchOutcome(exit_code=code, failing_rank=rank,
                              error=f"rank {rank} exited with code {failure.exitcode}")
     except SignalException as exc:
@@ -64,3 +67,24 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         return LaunchOutcome(exit_code=128 + exc.sigval, error=f"launcher received {name}",
                              launcher_signal=name)
     return LaunchOutcome(exit_code=0)
+
+
+LOG_TAIL_LINES = 20
+
+
+def _logs_specs(log_dir: Path, nproc: int, verbose: bool) -> DefaultLogsSpecs:
+    """Local ranks other than 0 write <run>/logs/<job>/attempt_<n>/<local rank>/{stdout,stderr}.log instead of the
+    console, so a note every rank prints appears once; verbose leaves every rank on the console."""
+    if verbose:
+        return DefaultLogsSpecs(log_dir=str(log_dir))
+    return DefaultLogsSpecs(log_dir=str(log_dir), redirects={r: Std.ALL for r in range(1, nproc)})
+
+
+def _show_log_tail(log_dir: Path, local_rank: int, rank: int) -> None:
+    """A failing rank whose output went to a file: its last lines, so the reason is on the console."""
+    logs = sorted(log_dir.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda f: f.stat().st_mtime)
+    if not logs:
+        return  # local rank 0, or verbose: its output is already on the console
+    lines = logs[-1].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    print(f"--- rank {rank}: last {len(lines)} lines of {logs[-1]} ---", file=sys.stderr)
+    print("\n".join(lines), file=sys.stderr, flush=True)

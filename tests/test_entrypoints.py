@@ -49,6 +49,45 @@ def test_accelerate_launch_runs_engine_as_two_ranks(tmp_path, tiny_model_dir):
     assert run["plan"]["gradient_accumulation_steps"] * run["plan"]["micro_batch_size"] * 2 == 8
 
 
+def test_accelerate_deepspeed_template_runs_the_users_deepspeed_config(tmp_path, tiny_model_dir):
+    """accelerate's own deepspeed.yaml + zero_stage1_config.json (tests/fixtures/, public files; fp16 set to "auto" as
+    the yaml's comment says, since DeepSpeed has no fp16 on CPU): the run trains with the user's ZeRO-1 config and
+    optimizer/scheduler sections, not dialsum's plan, and says so. accelerate's fsdp.yaml is refused on both ranks."""
+    import json
+    import yaml
+
+    fixtures = REPO_ROOT / "tests" / "fixtures"
+    ds = json.loads((fixtures / "deepspeed" / "zero_stage1_config.json").read_text())
+    ds["fp16"]["enabled"] = "auto"
+    (tmp_path / "zero_stage1_config.json").write_text(json.dumps(ds))
+    accel = yaml.safe_load((fixtures / "accelerate" / "deepspeed.yaml").read_text())
+    accel["deepspeed_config"]["deepspeed_config_file"] = str(tmp_path / "zero_stage1_config.json")
+    (tmp_path / "deepspeed.yaml").write_text(yaml.safe_dump(accel))
+    config = small_config(tmp_path, tiny_model_dir, parallel={"zero_stage": None})
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(tmp_path / "deepspeed.yaml"),
+                           "--main_process_port", str(free_port()), "-m", "engine", "--config", str(config)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DIALSUM_RUN_ID": "accel-ds"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = the_run(tmp_path)
+    assert_completed(run, world_size=2)
+    used = run["plan"]["deepspeed_config"]
+    assert used["zero_optimization"]["stage"] == 1 and run["plan"]["zero_stage"] == 1
+    assert used["optimizer"]["type"] == "AdamW" and used["optimizer"]["params"]["lr"] == 3e-3
+    assert used["fp16"]["enabled"] is False and used["gradient_accumulation_steps"] == 1
+    assert run["plan"]["reasons"]["deepspeed_config"].startswith("accelerate deepspeed_config_file ")
+
+    fsdp = subprocess.run([accelerate, "launch", "--config_file", str(fixtures / "accelerate" / "fsdp.yaml"),
+                           "--main_process_port", str(free_port()), "-m", "engine", "--config", str(config)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    refusals = [line for line in (fsdp.stdout + fsdp.stderr).splitlines()
+                if line.startswith("dialsum: error: accelerate config: distributed_type FSDP is not supported")]
+    assert fsdp.returncode != 0 and len(refusals) == 2, fsdp.stderr[-3000:]
+    assert 'engine/' not in fsdp.stderr, "no rank traceback"
+    assert len(Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}")).list_runs()) == 1
+
+
 def test_accelerate_multi_node_config_as_two_machines_on_localhost(tmp_path, tiny_model_dir):
     """scripts/accelerate/multi_node.yaml, as its header says to run it: one `accelerate launch` per machine with its
     --machine_rank and the first machine's address (here both on localhost, one process each)."""

@@ -67,6 +67,8 @@ def test_one_rank_dies_every_rank_ends_and_run_is_failed(tmp_path, tiny_model_di
     assert run["status"] == "failed" and run["failing_rank"] == 1 and run["exit_code"] == code, run["error"]
     steps = [h["step"] for h in run["history"] if "train/loss" in h]
     assert max(steps) <= 4, steps
+    if action == "raise":  # rank 1's output goes to its log file; the launcher shows its last lines
+        assert "--- rank 1: last" in proc.stderr and "RuntimeError: injected fault on rank 1 at step 3" in proc.stderr
 
 
 def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny_model_dir):

@@ -31,6 +31,13 @@ def _write_csv(path: Path, text: str) -> Path:
     return path
 
 
+def _not_json_model(tmp: Path) -> Path:
+    model = tmp / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bart", "d_model": 64,\n')  # cut off mid-file
+    return model
+
+
 CASES = {
     "missing config": (lambda cfg, tmp: tmp / "nope.yaml", ["nope.yaml", "not found"]),
     "malformed yaml": (lambda cfg, tmp: _write_csv(tmp / "bad.yaml", "training: [1, 2\n"), ["bad.yaml", "line"]),
@@ -46,6 +53,14 @@ CASES = {
         tmp / "empty.csv", "fname,dialogue,summary\n"))), cfg)[1], ["data.train_file", "empty.csv", "no rows"]),
     "empty row": (lambda cfg, tmp: (_edit(cfg, "data", "train_file", str(_write_csv(
         tmp / "hole.csv", "fname,dialogue,summary\na,hi,sum\nb,,sum\n"))), cfg)[1], ["hole.csv", "row 2", "dialogue"]),
+    # model problems: caught by the launcher before the plan is made or any rank starts
+    "missing model directory": (lambda cfg, tmp: (_edit(cfg, "model", "name_or_path", str(tmp / "no-model")), cfg)[1],
+                                ["model.name_or_path", "no-model", "no such directory"]),
+    "model config not JSON": (lambda cfg, tmp: (_edit(cfg, "model", "name_or_path", str(_not_json_model(tmp))), cfg)[1],
+                              ["model.name_or_path", "broken-model", "config.json", "not a valid JSON"]),
+    "hub id unresolvable offline": (lambda cfg, tmp: (_edit(cfg, "model", "name_or_path", "nobody/no-such-model"),
+                                                      cfg)[1],
+                                    ["model.name_or_path", "nobody/no-such-model", "hub"]),
 }
 
 
@@ -61,3 +76,4 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(case, tmp_path, tiny_m
     for fragment in expected:
         assert fragment in errors[0], errors[0]
     _nothing_recorded(tmp_path / "out")
+    assert "[rank" not in proc.stdout + proc.stderr, "no rank was started"

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
                         help="sweep parameters (dotted keys), applied above files and environment, below --set")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every rank prints to the console (default: rank 0; the others write runs/<id>/logs/)")
     parser.set_defaults(func=run)
 
 
@@ -40,6 +42,25 @@ def check_data(cfg) -> None:
     read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
     if d.test_file:
         read_dialogues(d.test_file, require_summary=False, key="data.test_file")
+
+
+def check_model(cfg) -> None:
+    """The model must be readable before any rank starts: a missing directory, a config.json that is not JSON or a hub
+    id that cannot be resolved is a one-line error here, not a rank's traceback after the run folder exists."""
+    from engine.modeling import _check_source as check_model_source
+    from launcher.memory import model_spec
+
+    name = cfg.model.name_or_path
+    source = check_model_source(name, "model.name_or_path")
+    if cfg.model.tokenizer:
+        check_model_source(cfg.model.tokenizer, "model.tokenizer")
+    try:
+        model_spec(source)
+    except (OSError, ValueError, KeyError) as exc:
+        what = "config.json (a Hugging Face model config)" if Path(source).is_dir() else "a hub id in the local cache"
+        reason = " ".join(str(exc).split())
+        raise UserError(f"model.name_or_path: cannot read {name!r} as {what}: "
+                        f"{reason if len(reason) <= 200 else reason[:197] + '...'}") from None
 
 
 def read_sweep_params(path: str | None) -> dict | None:
@@ -62,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_from_args(args, sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
+    check_model(loaded.config)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
     run_id = args.run_id or new_run_id()
     if args.nnodes > 1 and not (args.run_id or os.environ.get("DIALSUM_RUN_ID")):
@@ -79,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
     plan.export_config()
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
-                          master_port=args.master_port, max_restarts=args.max_restarts)
+                          master_port=args.master_port, max_restarts=args.max_restarts, verbose=args.verbose)
     return settle_run(loaded.config, plan.run_id, outcome)

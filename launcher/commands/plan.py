@@ -149,6 +149,9 @@ def print_plan(plan: Plan) -> None:
     for key in DECISIONS:
         reason = plan.reasons.get(key, "")
         table.add_row(key, values[key], reason.split(": ", 1)[1] if ": " in reason else reason)
+    if "deepspeed_config" in plan.reasons:  # whose DeepSpeed config runs: dialsum's or the user's file, and what was filled
+        whose, _, why = plan.reasons["deepspeed_config"].partition(": ")
+        table.add_row("deepspeed_config", whose, why)
     console.print(table)
     if not plan.memory:
         return
