@@ -20,7 +20,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
 
 
-def _check_source(name: str, key: str) -> str:
+def check_model_source(name: str, key: str) -> str:
     """What to pass to from_pretrained: the expanded local directory, or the hub id; missing directories are errors."""
     if not name:
         raise UserError(f"{key}: empty (expected a Hugging Face hub id or a local model directory)")
@@ -60,8 +60,8 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[
 
     tok_name, tok_key = ((model_cfg.tokenizer, "model.tokenizer") if model_cfg.tokenizer
                          else (model_cfg.name_or_path, "model.name_or_path"))
-    model_src = _check_source(model_cfg.name_or_path, "model.name_or_path")
-    tok_src = _check_source(tok_name, tok_key)
+    model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
+    tok_src = check_model_source(tok_name, tok_key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     except (OSError, ValueError) as exc:

@@ -47,7 +47,7 @@ def check_data(cfg) -> None:
 def check_model(cfg) -> None:
     """The model must be readable before any rank starts: a missing directory, a config.json that is not JSON or a hub
     id that cannot be resolved is a one-line error here, not a rank's traceback after the run folder exists."""
-    from engine.modeling import _check_source as check_model_source
+    from engine.modeling import check_model_source
     from launcher.memory import model_spec
 
     name = cfg.model.name_or_path
