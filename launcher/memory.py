@@ -315,8 +315,8 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     Korthikanti et al. 2022, with this model's widths, device and precision; see `_Widths`). Full recomputation keeps
     each layer's input plus one layer's activations while it is recomputed.
 
-    The peak is the largest of these moments: the start of backward (everything kept, plus the loss's fp32
-    log-softmax output and two fp32 gradients of the logits); with checkpointing, a layer's recomputation (the layer
+    The peak is the largest of these moments: the start of backward (everything kept, plus the loss's log-softmax
+    output and two gradients of the logits, in the working dtype); with checkpointing, a layer's recomputation (the layer
     inputs, one layer's activations and the lm_head's V·h gradient); and when backward reaches the shared embedding,
     which sums its gradients (V·h each: from the decoder input and the tied lm_head, then their sum; from the encoder
     input at the very end) while the encoder's kept activations are still there."""
@@ -327,7 +327,7 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     enc, dec = _encoder_layer(spec, x, s, b), _decoder_layer(spec, x, t, s, b)
     embeddings = (s + t) * b * (2 * h * x.w + h * x.hidden_mask) + 2 * s * b * h * x.w  # + encoder output, final norm
     embedding_grad = spec.vocab_size * h * x.w
-    logits = b * t * spec.vocab_size * (12 + (x.w if x.w == 2 else 0))
+    logits = 3 * b * t * spec.vocab_size * x.w   # cross-entropy in the working dtype (BART, T5 call it directly)
     if checkpointing:
         encoder, decoder = b * h * x.w * s * spec.encoder_layers, b * h * x.w * t * spec.decoder_layers
         recompute = embeddings + encoder + decoder + max(enc, dec) + embedding_grad
