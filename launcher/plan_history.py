@@ -1,23 +1,28 @@
 """How far off were past memory predictions for this model? Read from the tracker's `memory_peaks` events."""
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 
 from engine.schema import DialsumConfig
 
 MAX_RUNS = 10
+log = logging.getLogger(__name__)
 
 
 def past_predictions(cfg: DialsumConfig) -> list[dict]:
     """Newest first: run id, ranks, ZeRO stage, micro-batch, predicted and measured peak bytes, relative error."""
-    from engine.store import store_uri
-    from engine.store import Tracker, open_store
+    from engine.store import Tracker, open_store, store_uri
 
     uri = store_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return []
-    tracker = Tracker(open_store(uri, create=False))
+    with open_store(uri, create=False) as store:
+        return _past_predictions(Tracker(store), cfg)
+
+
+def _past_predictions(tracker, cfg: DialsumConfig) -> list[dict]:
     rows = []
     for summary in tracker.list_runs(status="completed"):
         run = tracker.get_run(summary["run_id"])
@@ -41,7 +46,11 @@ def memory_correction(cfg: DialsumConfig, device: str) -> tuple[float, str] | No
     """(factor, reason) to scale this model's predicted memory by: the median measured/predicted peak of its past runs
     on the same kind of device, each taken against its plan's uncorrected formula (so corrections do not compound);
     None without such runs."""
-    rows = [r for r in past_predictions(cfg) if r["device"] == device]
+    try:
+        rows = [r for r in past_predictions(cfg) if r["device"] == device]
+    except Exception as exc:  # a store that cannot be read (locked, unreachable, older schema) must not stop a plan
+        log.warning("memory history unavailable (%s): planning without it", " ".join(str(exc).split())[:200])
+        return None
     if not rows:
         return None
     ratio = statistics.median(r["measured_bytes"] * r["correction"] / r["predicted_bytes"] for r in rows)
