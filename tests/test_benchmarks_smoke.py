@@ -70,3 +70,15 @@ def test_engine_vs_trainer_bench_gets_the_same_loss(tmp_path):
 def test_launcher_startup_bench_runs_both_sides(tmp_path):
     rows = table_rows(run_bench("bench_launcher_startup.py", "--workdir", str(tmp_path), timeout=600))
     assert len(rows) == 2 and "torchrun" in rows[0][0] and "dialsum launch" in rows[1][0]
+
+
+@pytest.mark.slow
+def test_vs_plain_ddp_bench_runs_both_sides_and_an_ablation(tmp_path):
+    out = run_bench("bench_vs_plain_ddp.py", "--workdir", str(tmp_path), timeout=540)
+    rows = table_rows(out)
+    assert [r[0].split(" (")[0] for r in rows[:2]] == ["plain Seq2SeqTrainer", "dialsum launch"]
+    assert len(rows) == 3 and rows[2][0].startswith("dialsum minus: all of the above")
+    for row in rows:
+        assert 0.0 <= float(row[7]) <= 3.0, row  # final dev ROUGE (sum of three F1) was measured on every run
+    assert "target met" in out or "TARGET MISSED" in out
+    assert "group_by_length" in out and "eval_batch_size" in out  # dialsum's plan is printed with the table
