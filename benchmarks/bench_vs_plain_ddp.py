@@ -52,7 +52,8 @@ def engine_config(work: Path, name: str, model: Path, a: argparse.Namespace, tim
                  "max_target_length": a.max_target, "cache_dir": str(work / f"cache-{name}")},
         "training": {"max_steps": a.steps, "learning_rate": a.lr, "global_batch_size": a.batch,
                      "logging_steps": a.logging_steps, "eval_strategy": "steps", "eval_steps": a.eval_steps},
-        "generation": {"num_beams": a.beams, "max_new_tokens": a.max_new_tokens},
+        "generation": {"num_beams": a.beams, "max_new_tokens": a.max_new_tokens,
+                       "min_new_tokens": a.min_new_tokens},
         "parallel": {"nproc_per_node": a.nproc},
         "tracking": {"wandb_mode": "offline"},
         "callbacks": [{"path": "step_timer:StepTimer", "kwargs": {"out": str(timer_out)}}],
@@ -87,7 +88,7 @@ def run_plain(work: Path, model: Path, a: argparse.Namespace, r: int) -> tuple[f
                   "--logging-steps", str(a.logging_steps), "--max-source", str(a.max_source),
                   "--max-target", str(a.max_target), "--eval", str(a.eval), "--eval-rows", str(a.eval_rows),
                   "--eval-steps", str(a.eval_steps), "--beams", str(a.beams), "--max-new-tokens",
-                  str(a.max_new_tokens)], "plain Seq2SeqTrainer", work / f"plain-{r}.log")
+                  str(a.max_new_tokens), "--min-new-tokens", str(a.min_new_tokens)], "plain Seq2SeqTrainer", work / f"plain-{r}.log")
     return took, json.loads(out.read_text())
 
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-target", type=int, default=128)
     p.add_argument("--beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--min-new-tokens", type=int, default=8,
+                   help="the tiny model's best beam is otherwise often empty (ROUGE 0 on both sides)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workdir", default="", help="keep models and outputs here (default: a temp dir)")
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.eval_steps, a.rows, a.eval_rows, a.repeats, a.logging_steps = 12, 6, 64, 8, 1, 4
-        a.max_source, a.max_target, a.max_new_tokens = 128, 32, 8
+        a.max_source, a.max_target, a.max_new_tokens, a.min_new_tokens = 128, 32, 8, 4
     a.train, a.eval = a.train.resolve(), a.eval.resolve()
 
     with tempfile.TemporaryDirectory(prefix="bench-vs-ddp-") as tmp:
@@ -195,7 +198,7 @@ def report(a: argparse.Namespace, runs: dict, plan_text: str) -> None:
          "runs (s)"], rows,
         [f"{a.steps} steps, global batch {a.batch}, {a.rows} train rows from {a.train.name}, {a.eval_rows} dev rows "
          f"from {a.eval.name}, source/target {a.max_source}/{a.max_target} tokens, evaluation every {a.eval_steps} "
-         f"steps by generation ({a.beams} beams, {a.max_new_tokens} new tokens), lr {a.lr}, seed {a.seed}; median "
+         f"steps by generation ({a.beams} beams, {a.min_new_tokens}-{a.max_new_tokens} new tokens), lr {a.lr}, seed {a.seed}; median "
          f"of {a.repeats} interleaved runs per side, ablations {a.ablation_repeats} run(s) each",
          "whole run: process start to exit; train + evals: the Trainer's train begin to end (evaluations included); "
          "start-up: start to Trainer built (imports, plan, data, model, tracker and W&B init); wrap: DDP/DeepSpeed "

@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--eval-steps", type=int, default=0)
     p.add_argument("--beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--min-new-tokens", type=int, default=0)
     a = p.parse_args()
 
     with open(a.train, newline="", encoding="utf-8-sig") as fh:
@@ -65,7 +66,8 @@ def main() -> None:
         ref = tokenizer(text_target=[r["summary"].strip() for r in dev_rows], max_length=a.max_target, truncation=True)
         dev = [{"input_ids": i, "attention_mask": m, "labels": l}
                for i, m, l in zip(src["input_ids"], src["attention_mask"], ref["input_ids"])]
-        model.generation_config.update(num_beams=a.beams, max_length=a.max_new_tokens + 1, min_length=0,
+        model.generation_config.update(num_beams=a.beams, max_length=a.max_new_tokens + 1,
+                                       min_length=a.min_new_tokens + 1 if a.min_new_tokens else 0,
                                        max_new_tokens=None, min_new_tokens=None, early_stopping=a.beams > 1,
                                        length_penalty=1.0, no_repeat_ngram_size=0, do_sample=False)
 
