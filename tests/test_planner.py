@@ -389,8 +389,8 @@ def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(model
     small = _plan_with(models["bart-base"], "h100x1")
     assert (small.zero_stage, small.use_deepspeed) == (0, False)
     assert small.dataloader_num_workers >= 1, "GPU ranks leave cores for loader workers"
-    from launcher.planner import EVAL_BATCH_CAP, generation_bytes
     from launcher.memory import model_spec
+    from launcher.planner import EVAL_BATCH_CAP, generation_bytes
 
     spec = model_spec(models["bart-7b"])
     need = generation_bytes(spec, rows=big.eval_batch_size * 4, source_length=512, target_length=65,
