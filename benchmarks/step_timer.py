@@ -23,6 +23,18 @@ class StepTimer(TrainerCallback):
         self.losses: list[tuple[int, float]] = []
         self.tokens: list[int] = []                      # state.num_input_tokens_seen at each step end (0: not counted)
         self.peak_memory_bytes: int | None = None        # CUDA max allocated on rank 0 (None on CPU)
+        self.walls: dict[str, float] = {}                # time.time() at: trainer built, train begin/end
+        self.evals: list[dict] = []                      # each evaluation's metrics, with its wall time
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self.walls["trainer_built"] = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.walls["train_begin"] = time.time()  # after DDP / DeepSpeed wrapped the model
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.evals.append({"step": state.global_step, "wall": time.time(), **{k: float(v) for k, v in
+                                                                              (metrics or {}).items()}})
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step_begin_wall is None:
@@ -37,6 +49,7 @@ class StepTimer(TrainerCallback):
             self.losses.append((state.global_step, float(logs["loss"])))
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.walls["train_end"] = time.time()
         if int(os.environ.get("RANK", "0")) != 0:
             return
         import torch
@@ -47,7 +60,8 @@ class StepTimer(TrainerCallback):
         tmp = self.out.with_name(f".{self.out.name}.tmp")
         tmp.write_text(json.dumps({"first_step_begin_wall": self.first_step_begin_wall, "step_ends": self.step_ends,
                                    "losses": self.losses, "world_size": args.world_size,
-                                   "tokens": self.tokens, "peak_memory_bytes": self.peak_memory_bytes}))
+                                   "tokens": self.tokens, "peak_memory_bytes": self.peak_memory_bytes,
+                                   "walls": self.walls, "evals": self.evals}))
         os.replace(tmp, self.out)
 
 

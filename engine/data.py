@@ -164,6 +164,32 @@ class SummarizationDataset(torch.utils.data.Dataset):
         return item
 
 
+def length_order(dataset: SummarizationDataset) -> list[int]:
+    """Row indices, longest source first; equal lengths keep dataset order (a stable sort)."""
+    return np.argsort(-np.diff(dataset._src_off), kind="stable").tolist()
+
+
+class LengthSorted(torch.utils.data.Dataset):
+    """`dataset` longest source first, for generation: consecutive batches pad little. `restore` puts per-row results
+    back in dataset order."""
+
+    def __init__(self, dataset: SummarizationDataset):
+        self.dataset = dataset
+        self.order = length_order(dataset)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> dict[str, list[int]]:
+        return self.dataset[self.order[k]]
+
+    def restore(self, values: list) -> list:
+        out = [None] * len(values)
+        for k, i in enumerate(self.order):
+            out[i] = values[k]
+        return out
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what decides token ids: the serialized backend (vocab, merges, normalizers, added tokens) + special tokens."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())

@@ -19,7 +19,9 @@ import logging
 from typing import Any
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import has_length
 from accelerate.utils import DistributedType
 
 from engine.agreement import agree_after_forward
@@ -103,6 +105,14 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             return loss
         return loss * fraction / self.current_gradient_accumulation_steps
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in the order of the evaluated dataset (the engine passes it sorted longest first and restores the
+        summaries' order), also when training groups by length: transformers would length-group evaluation too, in
+        random megabatches, and the predictions would no longer line up with the dataset."""
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _back_off(self, chunk_rows: int) -> None:
         gc.collect()

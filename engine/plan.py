@@ -43,6 +43,11 @@ class Plan:
     memory: dict = field(default_factory=dict)           # predictions: per-stage bytes per GPU, chosen peak
     env: dict = field(default_factory=dict)              # environment the ranks must see (e.g. DS_ACCELERATOR)
     topology: dict = field(default_factory=dict)         # the topology the plan was made for
+    # speed choices that leave what is learned unchanged (planner.speed_choices)
+    group_by_length: bool = False    # training batches of similar length (transformers' LengthGroupedSampler)
+    eval_batch_size: int = 0         # per rank, per generation batch (0: the micro-batch)
+    optim: str = "adamw_torch"       # transformers optimizer name
+    dataloader_num_workers: int = 0  # per rank
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

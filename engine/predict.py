@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from engine.data import SummarizationDataset, read_dialogues, tokenize_split
+from engine.data import SummarizationDataset, LengthSorted, read_dialogues, tokenize_split
 from engine.errors import UserError
 from engine.schema import DialsumConfig, GenerationConfig, ModelConfig
 
@@ -53,18 +53,15 @@ def summarize(model, tokenizer, dataset: SummarizationDataset, generation: Gener
 
     device = next(model.parameters()).device
     kwargs = generation_kwargs(generation)
-    items = [dataset[i] for i in range(len(dataset))]
-    order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
-    summaries = [""] * len(items)
-    with torch.inference_mode(), tqdm(total=len(items), unit="dialogue", file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer.pad([items[i] for i in rows], return_tensors="pt").to(device)
-            generated = model.generate(**batch, **kwargs)
-            for i, text in zip(rows, decode_summaries(tokenizer, generated)):
-                summaries[i] = text
+    ordered = LengthSorted(dataset)
+    summaries: list[str] = []
+    with torch.inference_mode(), tqdm(total=len(ordered), unit="dialogue", file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(ordered), batch_size):
+            rows = [ordered[k] for k in range(start, min(start + batch_size, len(ordered)))]
+            batch = tokenizer.pad(rows, return_tensors="pt").to(device)
+            summaries += decode_summaries(tokenizer, model.generate(**batch, **kwargs))
             bar.update(len(rows))
-    return summaries
+    return ordered.restore(summaries)
 
 
 def summarize_file(cfg: DialsumConfig, model_dir: str | Path, input_path: str | Path, out_path: str | Path, *,

@@ -71,9 +71,8 @@ class Rank0Recorder:
                 notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
             )
             self.tracker.start(self.run_id)
-        wandb_id = self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan))
-        if wandb_id:
-            self.tracker.set_wandb_id(self.run_id, wandb_id)
+        self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan),
+                         on_started=lambda wandb_id: self.tracker.set_wandb_id(self.run_id, wandb_id))
         self._heartbeat_thread = threading.Thread(target=self._beat, name="dialsum-heartbeat", daemon=True)
         self._heartbeat_thread.start()
 

@@ -58,7 +58,8 @@ class TrainingConfig:
     warmup_steps: int = _f(0, "Linear warm-up steps; > 0 replaces warmup_ratio.", min=0)
     lr_scheduler_type: str = _f("linear", "transformers scheduler name.",
                                 choices=["linear", "cosine", "constant", "constant_with_warmup", "polynomial"])
-    optim: str = _f("adamw_torch", "transformers optimizer name.", choices=["adamw_torch", "adamw_torch_fused", "adafactor"])
+    optim: str = _f("auto", "transformers optimizer name; auto: the planner's choice (fused AdamW where torch has it).",
+                    choices=["auto", "adamw_torch", "adamw_torch_fused", "adafactor"])
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.", min=0.0)
     label_smoothing_factor: float = _f(0.0, "Label smoothing.", min=0.0, max=1.0)
     global_batch_size: int = _f(8, "Samples per optimizer step across all ranks (micro-batch x accumulation x world).", min=1)
@@ -70,7 +71,10 @@ class TrainingConfig:
     greater_is_better: bool = _f(True, "Goal of metric_for_best_model.")
     early_stopping_patience: int | None = _f(None, "Stop after N evaluations without improvement.", min=1)
     early_stopping_threshold: float = _f(0.0, "Minimum improvement that resets patience.", min=0.0)
-    dataloader_num_workers: int = _f(0, "DataLoader workers per rank.", min=0)
+    dataloader_num_workers: int | None = _f(None, "DataLoader workers per rank (default: from the cores left per rank).",
+                                            min=0)
+    group_by_length: bool | None = _f(None, "Batch training samples of similar length (default: on; same samples per "
+                                      "epoch, less padding).")
 
 
 @dataclass
@@ -93,7 +97,10 @@ class ParallelConfig:
     gradient_checkpointing: bool | None = _f(None, "Recompute activations in backward.")
     micro_batch_size: int | None = _f(None, "Per-rank batch per forward pass.", min=1)
     precision: str = _f("auto", "Training precision.", choices=["auto", "fp32", "bf16", "fp16"])
-    deepspeed: bool = _f(True, "Train under DeepSpeed (False: plain DDP/single process).")
+    deepspeed: bool | None = _f(None, "Train under DeepSpeed (default: only when ZeRO > 0 is needed; False: plain "
+                                "DDP/single process).")
+    eval_batch_size: int | None = _f(None, "Per-rank batch of evaluation generation (default: sized for inference "
+                                     "memory).", min=1)
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
     trace_memory: bool = _f(False, "Plan with activations traced on fake tensors (one step of the model class) "
                                    "instead of the formula alone (`dialsum plan --trace`).")
@@ -106,6 +113,8 @@ class EvaluationConfig:
     lang: str = _f("en", "Language of the summaries (ROUGE tokenization).", choices=["en", "ko"])
     tokenizer: str = _f("default", "ROUGE tokenizer: rouge-score's default, whitespace, or morpheme (Korean, kiwipiepy).",
                         choices=["default", "whitespace", "morpheme"])
+    sort_by_length: bool = _f(True, "Generate evaluation summaries longest dialogue first (same summaries in dataset "
+                              "order, less padding).")
 
 
 @dataclass

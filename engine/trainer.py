@@ -27,7 +27,8 @@ from engine.callbacks.pruning import sweep_callbacks_from_env
 from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint,
                                   read_marker, safe_deepspeed_checkpoints)
 from engine.config import config_from_dict
-from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
+from engine.data import (LengthSorted, SummarizationDataset, find_placeholder_tokens, read_dialogues,
+                         tokenize_split)
 from engine.environment import collect_environment, git_commit
 from engine.errors import UserError
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
@@ -117,7 +118,7 @@ class DialogueSummarizationTrainer:
                         eval=tokenize_split(eval_rows, self.tokenizer, **common))
 
     # -- training -----------------------------------------------------------------------------------------------
-    def _training_arguments(self):
+    def _training_arguments(self, eval_rows: int = 0):
         cfg, plan, t = self.cfg, self.plan, self.cfg.training
         evaluate = t.eval_strategy != "no"
         return Seq2SeqTrainingArguments(
@@ -126,7 +127,8 @@ class DialogueSummarizationTrainer:
             use_cpu=plan.device == "cpu",
             deepspeed=plan.deepspeed_config if plan.use_deepspeed else None,
             per_device_train_batch_size=plan.micro_batch_size,
-            per_device_eval_batch_size=plan.micro_batch_size,
+            per_device_eval_batch_size=balanced_eval_batch(plan.eval_batch_size or plan.micro_batch_size, eval_rows,
+                                                           plan.world_size),
             gradient_accumulation_steps=plan.gradient_accumulation_steps,
             gradient_checkpointing=plan.gradient_checkpointing,
             bf16=plan.precision == "bf16",
@@ -135,7 +137,7 @@ class DialogueSummarizationTrainer:
             weight_decay=t.weight_decay,
             warmup_steps=t.warmup_steps if t.warmup_steps > 0 else warmup_steps(t.warmup_ratio),
             lr_scheduler_type=t.lr_scheduler_type,
-            optim=t.optim,
+            optim=plan.optim,
             max_grad_norm=t.max_grad_norm,
             label_smoothing_factor=t.label_smoothing_factor,
             num_train_epochs=t.num_train_epochs,
@@ -156,7 +158,8 @@ class DialogueSummarizationTrainer:
             report_to="none",
             include_num_input_tokens_seen="no",  # counted in OOMBackoffTrainer's per-forward all-reduce instead
             logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
-            dataloader_num_workers=t.dataloader_num_workers,
+            dataloader_num_workers=plan.dataloader_num_workers,
+            train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
             # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (13.85 vs 6.92 on 2 ranks).
             average_tokens_across_devices=False,
             disable_tqdm=self.rank != 0,
@@ -179,9 +182,11 @@ class DialogueSummarizationTrainer:
             best = BestTracker(cfg.training.metric_for_best_model, cfg.training.greater_is_better,
                                self.run_dir / "predictions.csv", datasets.eval.fnames)
 
+            # generation longest first (little padding per batch); summaries go back to dataset order
+            eval_set = LengthSorted(datasets.eval) if cfg.evaluation.sort_by_length else datasets.eval
+
             def compute_metrics(pred) -> dict[str, float]:
-                ids = aligned_predictions(pred, datasets.eval, self.tokenizer.pad_token_id)
-                summaries = decode_summaries(self.tokenizer, ids)
+                summaries = evaluation_summaries(pred, eval_set, self.tokenizer)
                 best.latest_predictions = summaries
                 return score_summaries(summaries, datasets.eval.references, lang=cfg.evaluation.lang,
                                        tokenizer=cfg.evaluation.tokenizer)
@@ -203,8 +208,8 @@ class DialogueSummarizationTrainer:
                                                        cfg.training.early_stopping_threshold))
             callbacks.append(RecorderFlush(recorder))  # after every callback that logs at a train or eval log
             trainer = OOMBackoffTrainer(
-                model=self.model, args=self._training_arguments(), train_dataset=datasets.train,
-                eval_dataset=datasets.eval, processing_class=self.tokenizer,
+                model=self.model, args=self._training_arguments(len(datasets.eval)), train_dataset=datasets.train,
+                eval_dataset=eval_set, processing_class=self.tokenizer,
                 data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
                 compute_metrics=compute_metrics, callbacks=callbacks, recorder=recorder,
             )
@@ -315,10 +320,10 @@ def warmup_steps(ratio: float) -> float:
     return min(ratio, math.nextafter(1.0, 0.0))
 
 
-def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
-    """Generated ids in dataset order. Distributed evaluation pads the last round with repeated samples (seen with
-    DeepSpeed on CPU: 16 predictions for 10 rows), so keep the first len(dataset) and prove the order by the labels
-    (which the Seq2SeqTrainer pads with -100 or the pad token)."""
+def aligned_predictions(pred, dataset: SummarizationDataset | LengthSorted, pad_token_id: int):
+    """Generated ids in the order of `dataset` (the evaluated one: LengthSorted when sorted). Distributed evaluation
+    pads the last round with repeated samples (seen with DeepSpeed on CPU: 16 predictions for 10 rows), so keep the
+    first len(dataset) and prove the order by the labels (which the Seq2SeqTrainer pads with -100 or the pad token)."""
     n = len(dataset)
     if len(pred.predictions) < n:
         raise RuntimeError(f"evaluation returned {len(pred.predictions)} predictions for {n} rows")
@@ -328,6 +333,21 @@ def aligned_predictions(pred, dataset: SummarizationDataset, pad_token_id: int):
         if got != expected:
             raise RuntimeError(f"evaluation order mismatch at row {i}: predictions do not line up with the dataset")
     return pred.predictions[:n]
+
+
+def balanced_eval_batch(largest: int, rows: int, world: int) -> int:
+    """The generation batch per rank: as few rounds as `largest` allows, with the rows shared evenly across ranks and
+    rounds (ranks take turns by batch; at 64 a rank, 100 rows on 2 ranks would be 64 on one and 36 on the other)."""
+    if rows <= 0:
+        return largest
+    rounds = -(-rows // (largest * world))
+    return max(1, -(-rows // (rounds * world)))
+
+
+def evaluation_summaries(pred, eval_set: SummarizationDataset | LengthSorted, tokenizer) -> list[str]:
+    """The evaluation's generated summaries, decoded, in dataset order (generation ran in `eval_set`'s order)."""
+    summaries = decode_summaries(tokenizer, aligned_predictions(pred, eval_set, tokenizer.pad_token_id))
+    return eval_set.restore(summaries) if isinstance(eval_set, LengthSorted) else summaries
 
 
 def _teardown() -> None:

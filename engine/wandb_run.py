@@ -6,6 +6,8 @@ run, so training never fails because of it.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.redact import redact, redact_text
@@ -21,6 +23,7 @@ class WandbRun:
         self.run = None
         self.owned = True  # False: the run was started by the caller (a sweep function), who finishes it
         self.enabled = cfg.tracking.wandb_mode != "disabled"
+        self._starting: threading.Thread | None = None
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled:
@@ -32,34 +35,51 @@ class WandbRun:
             self.enabled = False
             return None
 
-    def start(self, config: dict, plan: dict) -> str | None:
+    def start(self, config: dict, plan: dict, on_started: Callable[[str], None] | None = None) -> None:
+        """wandb.init in a background thread: it starts a service process and waits on it (seconds; 8 s measured on a
+        busy 2-core machine), which then overlaps the Trainer's set-up. Every later call waits for it (`wait`);
+        `on_started(run id)` runs once the run exists."""
         def _init():
             import wandb
 
             if wandb.run is not None and wandb.run.id == self.run_id:
                 # create_trainer(sweep_mode=True) inside the caller's run: log into it, leave finishing to the caller
                 self.run, self.owned = wandb.run, False
-                self.run.config.update({**config, "plan": plan}, allow_val_change=True)
-                return self.run.id
-            t = self.cfg.tracking
-            root = Path(self.cfg.experiment.output_root).resolve()
-            root.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
-                project=t.wandb_project, entity=t.wandb_entity or None, name=self.cfg.experiment.name,
-                group=self.cfg.experiment.group or None, tags=list(self.cfg.experiment.tags) or None,
-                notes=redact_text(self.cfg.experiment.notes) or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
-                dir=str(root), config=redact({**config, "plan": plan}), settings=wandb.Settings(silent=True),
-            )
-            return self.run.id
+                self.run.config.update(redact({**config, "plan": plan}), allow_val_change=True)
+            else:
+                self.run = self._init_own_run(wandb, config, plan)
+            if on_started is not None:
+                on_started(self.run.id)
 
-        return self._guard("init", _init)
+        if self.enabled:
+            self._starting = threading.Thread(target=self._guard, args=("init", _init), name="dialsum-wandb-init",
+                                              daemon=True)
+            self._starting.start()
+
+    def _init_own_run(self, wandb, config: dict, plan: dict):
+        t = self.cfg.tracking
+        root = Path(self.cfg.experiment.output_root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            project=t.wandb_project, entity=t.wandb_entity or None, name=self.cfg.experiment.name,
+            group=self.cfg.experiment.group or None, tags=list(self.cfg.experiment.tags) or None,
+            notes=redact_text(self.cfg.experiment.notes) or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
+            dir=str(root), config=redact({**config, "plan": plan}), settings=wandb.Settings(silent=True),
+        )
+
+    def wait(self) -> str | None:
+        """The W&B run id once wandb.init has returned; None when W&B is off or failed."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+        return self.run.id if self.run is not None else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.run is not None:
+        if self.wait():
             self._guard("log", self.run.log, dict(metrics), step=step)
 
     def summary(self, metrics: dict[str, float]) -> None:
-        if self.run is not None:
+        if self.wait():
             self._guard("summary", self.run.summary.update, dict(metrics))
 
     def log_model_artifact(self, name: str, version: int, model_dir: Path, metrics: dict[str, float]) -> None:
@@ -73,10 +93,10 @@ class WandbRun:
                 logged.wait()
                 self.run.link_artifact(logged, target_path=f"wandb-registry-model/{name}")
 
-        if self.run is not None:
+        if self.wait():
             self._guard("artifact", _log)
 
     def finish(self, exit_code: int) -> None:
-        if self.run is not None and self.owned:
+        if self.wait() and self.owned:
             self._guard("finish", self.run.finish, exit_code=exit_code)
         self.run = None

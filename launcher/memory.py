@@ -337,6 +337,17 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     return max(embeddings + encoder + decoder + logits, recompute, embedding_sum)
 
 
+def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_length: int, precision: str,
+                     device: str) -> int:
+    """Activation bytes of generating for `rows` sequences (batch x beams): no backward, so the layer inputs and one
+    layer at a time, as under full recomputation, plus the decoder's cross-attention cache (2·rows·s·h a layer).
+    An over-estimate: generation keeps the logits of the last position only."""
+    w = 2 if precision in ("bf16", "fp16") else 4
+    kv = 2 * rows * source_length * spec.hidden_size * spec.decoder_layers * w
+    return activation_bytes(spec, micro_batch=rows, source_length=source_length, target_length=target_length,
+                            precision=precision, checkpointing=True, device=device) + kv
+
+
 def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) -> int:
     """Per-rank bytes besides model states and activations: CUDA context (GPU) or the process's baseline RSS (CPU),
     plus DeepSpeed's double-buffered gradient bucket (h² by the rendered config; ZeRO-3 adds a 0.9h² prefetch)."""

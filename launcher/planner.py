@@ -24,7 +24,8 @@ from launcher.ds_config import (
     trainer_values, user_pins,
 )
 from launcher.memory import (
-    GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, model_spec, model_state_bytes, overhead_bytes,
+    GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, generation_bytes, model_spec, model_state_bytes,
+    overhead_bytes,
 )
 from engine.plan import Plan
 from launcher.topology import Topology
@@ -119,7 +120,9 @@ def choose_precision(pinned: str, topology: Topology, model_type: str) -> tuple[
                 raise UserError("parallel.precision: bf16 pinned but this CPU has no native bf16 (avx512_bf16/AMX); "
                                 "use fp32 or auto")
             return "bf16", "bf16: pinned (parallel.precision); this CPU has native bf16"
-        return "fp32", "fp32: CPU default (pin parallel.precision=bf16 to use the CPU's bf16)"
+        return "fp32", ("fp32: CPU default; bf16 autocast measured 3.3x slower a step for the 0.6M-parameter demo BART "
+                        "on an AVX-512-bf16 CPU (faster from ~30M parameters, ROUGE unverified there): pin "
+                        "parallel.precision=bf16 to use the CPU's bf16")
     if pinned == "fp16" and t5:
         raise UserError(f"parallel.precision: fp16 pinned for a {model_type} model; T5-family activations overflow "
                         "in fp16; use bf16 (compute capability >= 8.0) or fp32")
@@ -166,7 +169,7 @@ def _check_global_batch(global_batch: int, world: int) -> int:
 
 
 def _check_pins(par: ParallelConfig) -> None:
-    if not par.deepspeed and (par.zero_stage or par.offload_optimizer or par.offload_params):
+    if par.deepspeed is False and (par.zero_stage or par.offload_optimizer or par.offload_params):
         raise UserError("parallel.deepspeed: false (plain DDP) cannot honour parallel.zero_stage > 0 or CPU offload; "
                         "set parallel.deepspeed=true or unset them")
     if par.offload_optimizer and par.zero_stage == 0:
@@ -183,7 +186,7 @@ def _candidates(par: ParallelConfig, device: str) -> list[Candidate]:
     out = []
     for stage, opt, params, ckpt in itertools.product(range(4), (False, True), (False, True), (False, True)):
         c = Candidate(stage, opt, params, ckpt)
-        if (opt and stage == 0) or (params and (stage != 3 or not opt)) or (not par.deepspeed and stage):
+        if (opt and stage == 0) or (params and (stage != 3 or not opt)) or (par.deepspeed is False and stage):
             continue
         if device == "cpu" and opt and not (par.offload_optimizer or par.offload_params):
             continue
@@ -233,7 +236,7 @@ def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate],
                          f"gradient_checkpointing={c.gradient_checkpointing}, micro_batch_size={micro} "
                          f"({gib(fp.total)}); unset or change the pins")
     what = f"parallel ({', '.join(pins)}): the pinned plan" if pins else "model.name_or_path: the model"
-    more = "" if par.deepspeed else " (parallel.deepspeed=false rules out ZeRO)"
+    more = " (parallel.deepspeed=false rules out ZeRO)" if par.deepspeed is False else ""
     return UserError(f"{what} {short} even in its smallest setting; nothing fits on {setting.world} "
                      f"{'GPU' if setting.device == 'cuda' else 'CPU rank'}(s){more}: use more or larger GPUs, "
                      f"shorter data.max_source_length, or a smaller model")
@@ -335,8 +338,12 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         if traced:
             memory["trace"] = traced
     accum = per_rank // micro
+    use_deepspeed, reasons["deepspeed"] = choose_deepspeed(par, chosen)
+    speed = speed_choices(cfg, topology, chosen, micro=micro, nproc=nproc, setting=None if spec is None else setting,
+                          model_states=fp.model_states if spec is not None else 0)
+    reasons.update(speed.reasons)
     ds = None
-    if par.deepspeed:
+    if use_deepspeed:
         ds = render_deepspeed_config(zero_stage=chosen.zero_stage, precision=precision, micro_batch_size=micro,
                                      gradient_accumulation_steps=accum, world_size=world,
                                      gradient_clipping=cfg.training.max_grad_norm,
@@ -345,10 +352,12 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
     return Plan(
         run_id=run_id, config={}, config_sources={}, device=device, backend="nccl" if device == "cuda" else "gloo",
         nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
-        use_deepspeed=par.deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
+        use_deepspeed=use_deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
         gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
-        reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict())
+        reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict(),
+        group_by_length=speed.group_by_length, eval_batch_size=speed.eval_batch_size, optim=speed.optim,
+        dataloader_num_workers=speed.dataloader_num_workers)
 
 
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
@@ -391,7 +400,7 @@ def _explain(s: Setting, par: ParallelConfig, c: Candidate, micro: int, fp: Foot
     smallest = min((s.footprint(d, 1).total for d in cheaper), default=None)
     if par.zero_stage is not None:
         stage = f"{c.zero_stage}: pinned (parallel.zero_stage)"
-    elif not par.deepspeed:
+    elif par.deepspeed is False:
         stage = "0: parallel.deepspeed=false (plain DDP)"
     elif c.zero_stage == 0:
         stage = "0: model states fit without partitioning"
@@ -458,7 +467,7 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
     """Plan around a DeepSpeed config the user brought: its stage, offload, precision and batch split become pins
     (so the same memory model checks them, and a config that cannot fit fails saying by how much), its "auto" values
     are filled from the plan, and the plan says whose config runs."""
-    if not cfg.parallel.deepspeed:
+    if cfg.parallel.deepspeed is False:
         raise UserError(f"{user.source}: given with parallel.deepspeed=false; drop one of the two")
     pins = user_pins(user)
     accum = pins.pop("gradient_accumulation_steps", None)
@@ -479,6 +488,7 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
                             f"({per_rank} per rank); set it to \"auto\" or to a divisor of {per_rank}")
         pins["micro_batch_size"] = per_rank // accum
     pinned = copy.deepcopy(cfg)
+    pinned.parallel.deepspeed = True  # the user's config runs under DeepSpeed whatever its stage
     for key, value in pins.items():
         setattr(pinned.parallel, key, value)
     try:
@@ -503,3 +513,98 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
     plan.reasons["deepspeed_config"] = (f"{user.source}: yours, used as given; decides {', '.join(taken) or 'nothing'}; "
                                         f"filled {'; '.join(user.notes + filled) or 'nothing'}")
     return plan
+
+
+# ---------------------------------------------------------------------------------------------------- speed
+# Choices that make a run faster without changing what it learns (issue 17). Each returns (value, reason).
+
+EVAL_BATCH_CAP = 64  # rows per rank and generation batch; past this, beams wait on ever more finished rows
+
+
+def choose_deepspeed(par: ParallelConfig, c: Candidate) -> tuple[bool, str]:
+    """DeepSpeed only when ZeRO > 0 or offload is needed: its ZeRO-0 is data parallelism with its own gradient
+    all-reduce (same maths as torch DDP, which overlaps the all-reduce with backward) plus the import and engine
+    start-up (~4 s on CPU ranks, benchmarks/README.md)."""
+    if par.deepspeed is not None:
+        return par.deepspeed, f"{'on' if par.deepspeed else 'off (plain DDP)'}: pinned (parallel.deepspeed)"
+    if c.zero_stage or c.offload_optimizer:
+        return True, f"on: ZeRO-{c.zero_stage}{' with offload' if c.offload_optimizer else ''} needs it"
+    return False, ("off (plain torch DDP): ZeRO-0 needs no partitioning, and DeepSpeed's ZeRO-0 is the same data "
+                   "parallelism plus its start-up; pin parallel.deepspeed=true to use it anyway")
+
+
+@dataclass(frozen=True)
+class SpeedChoices:
+    group_by_length: bool
+    eval_batch_size: int
+    optim: str
+    dataloader_num_workers: int
+    reasons: dict
+
+
+def _fused_adamw_available() -> bool:
+    """transformers defaults to `adamw_torch_fused` from torch 2.8 on (fused CPU and CUDA kernels)."""
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("torch").split(".")[:2])
+    return (major, minor) >= (2, 8)
+
+
+def _eval_batch(cfg: DialsumConfig, setting: Setting | None, c: Candidate, micro: int,
+                model_states: int) -> tuple[int, str]:
+    pinned = cfg.parallel.eval_batch_size
+    if pinned:
+        return pinned, f"{pinned}: pinned (parallel.eval_batch_size)"
+    if setting is None or not setting.spec.has_architecture:
+        return micro, f"{micro}: the training micro-batch (activations not modelled for this model)"
+    beams, src = cfg.generation.num_beams, cfg.data.max_source_length
+    tgt = cfg.generation.max_new_tokens + 1
+    overhead = overhead_bytes(setting.spec, device=setting.device, stage=c.zero_stage, precision=setting.precision)
+    ladder = sorted({micro, *(micro << k for k in range(8) if micro << k <= EVAL_BATCH_CAP)}, reverse=True)
+    for b in ladder:
+        need = model_states + overhead + generation_bytes(setting.spec, rows=b * beams, source_length=src,
+                                                          target_length=tgt, precision=setting.precision,
+                                                          device=setting.device)
+        if need <= setting.budget:
+            how = "the cap" if b >= EVAL_BATCH_CAP else "the largest power-of-two multiple of the micro-batch that fits"
+            return b, (f"{b}: no gradients or backward activations in generation; {b} x {beams} beams need "
+                       f"{gib(need)} of the {gib(setting.budget)} budget with the training states kept ({how}); "
+                       "batches sorted longest first, summaries restored to dataset order")
+    return micro, f"{micro}: the training micro-batch (larger generation batches do not fit)"
+
+
+def _workers(pinned: int | None, device: str, topology: Topology, nproc: int) -> tuple[int, str]:
+    if pinned is not None:
+        return pinned, f"{pinned}: pinned (training.dataloader_num_workers)"
+    threads = max(1, topology.cpu_cores // nproc)  # OMP_NUM_THREADS per rank (_rank_env)
+    if device == "cpu":
+        return 0, (f"0: every core computes ({nproc} rank(s) x {threads} threads on {topology.cpu_cores} cores) and "
+                   "batches are pre-tokenized ids (collation is cheap); a worker would take a core from the maths")
+    spare = min(2, max(0, threads - 1))
+    return spare, f"{spare}: {threads} cores per rank, one drives the GPU; pre-tokenized ids need few workers"
+
+
+def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro: int, nproc: int,
+                  setting: Setting | None, model_states: int) -> SpeedChoices:
+    """Length-grouped training batches, generation batches sized for inference memory, the fused AdamW, loader
+    workers from the cores left per rank."""
+    t = cfg.training
+    device = "cuda" if topology.gpus else "cpu"
+    group = t.group_by_length is not False
+    group_reason = ("off: pinned (training.group_by_length)" if not group else
+                    f"on{': pinned' if t.group_by_length else ''}: training batches of similar source length "
+                    "(transformers' LengthGroupedSampler: random megabatches of 50 batches, each sorted), same samples "
+                    "an epoch; DialogSum train padding 43% -> 1.8% of encoder tokens")
+    eval_batch, eval_reason = _eval_batch(cfg, setting, c, micro, model_states)
+    if t.optim != "auto":
+        optim, optim_reason = t.optim, f"{t.optim}: pinned (training.optim)"
+    elif c.offload_optimizer:
+        optim, optim_reason = "adamw_torch", "adamw_torch: optimizer states offloaded (DeepSpeed steps them on the CPU)"
+    elif _fused_adamw_available():
+        optim, optim_reason = "adamw_torch_fused", "adamw_torch_fused: same AdamW update in fused kernels (torch >= 2.8)"
+    else:
+        optim, optim_reason = "adamw_torch", "adamw_torch: no fused AdamW before torch 2.8"
+    workers, workers_reason = _workers(t.dataloader_num_workers, device, topology, nproc)
+    return SpeedChoices(group, eval_batch, optim, workers,
+                        {"group_by_length": group_reason, "eval_batch_size": eval_reason, "optim": optim_reason,
+                         "dataloader_num_workers": workers_reason})

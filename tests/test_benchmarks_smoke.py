@@ -76,3 +76,15 @@ def test_activation_memory_bench_measures_a_tiny_case():
     assert len(rows) == 1 and rows[0][0] == "tiny"
     predicted, measured = float(rows[0][5]), float(rows[0][6])
     assert predicted > 0 and measured > 0 and rows[0][7].endswith("%")
+
+
+@pytest.mark.slow
+def test_vs_plain_ddp_bench_runs_both_sides_and_an_ablation(tmp_path):
+    out = run_bench("bench_vs_plain_ddp.py", "--workdir", str(tmp_path), timeout=540)
+    rows = table_rows(out)
+    assert [r[0].split(" (")[0] for r in rows[:2]] == ["plain Seq2SeqTrainer", "dialsum launch"]
+    assert len(rows) == 3 and rows[2][0].startswith("dialsum minus: all of the above")
+    for row in rows:
+        assert 0.0 <= float(row[7]) <= 3.0, row  # final dev ROUGE (sum of three F1) was measured on every run
+    assert "target met" in out or "TARGET MISSED" in out
+    assert "group_by_length" in out and "eval_batch_size" in out  # dialsum's plan is printed with the table

@@ -77,7 +77,7 @@ training: {weight_decay: 0.01, max_steps: 10, logging_steps: 5, eval_steps: 7}
     assert s["training.optim"] == "default"
     rows = {key: (value, layer) for key, value, layer in explain_rows(loaded)}
     assert rows["training.eval_steps"] == (9, "set")
-    assert rows["training.optim"] == ("adamw_torch", "default")
+    assert rows["training.optim"] == ("auto", "default")
     assert len(rows) == len(s)
 
 
@@ -179,7 +179,7 @@ def test_config_from_dict_validates() -> None:
     ("data:\n  speaker_tokens: 'yes please'\n", "data.speaker_tokens: expected bool, got 'yes please' (str)"),
     ("training:\n  warmup_ratio: 1.5\n", "training.warmup_ratio: must be between 0.0 and 1.0; got 1.5"),
     ("generation:\n  num_beams: 0\n", "generation.num_beams: must be >= 1; got 0"),
-    ("training:\n  optim: adamw\n", "training.optim: must be one of adamw_torch, adamw_torch_fused, adafactor; "
+    ("training:\n  optim: adamw\n", "training.optim: must be one of auto, adamw_torch, adamw_torch_fused, adafactor; "
                                     "got 'adamw'"),
     ("training:\n  learning_rate: null\n", "training.learning_rate: null is not allowed here (expected float)"),
     ("experiment:\n  tags: [ok, 3]\n", "experiment.tags[1]: expected str, got 3 (int)"),

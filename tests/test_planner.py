@@ -158,9 +158,10 @@ def test_cpu_only_plans_fp32_on_gloo(models):
     assert not plan.offload_optimizer
     two_ranks = plan_for(models["bart-base"], "cpu-only", nproc=2)
     assert two_ranks.env["OMP_NUM_THREADS"] == "8", "each rank gets its share of the cores"
-    assert plan.deepspeed_config["bf16"]["enabled"] is False
+    assert (plan.use_deepspeed, plan.deepspeed_config) == (False, None), "ZeRO-0 fits: plain DDP, no DeepSpeed"
     assert "CPU default" in plan.reasons["precision"] and "CPU default" in plan.reasons["world_size"]
-    two = plan_for(models["bart-base"], "cpu-only", nproc=2, precision="bf16")
+    two = plan_for(models["bart-base"], "cpu-only", nproc=2, precision="bf16", deepspeed=True)
+    assert two.deepspeed_config["bf16"]["enabled"] is True
     assert (two.world_size, two.precision, two.micro_batch_size * two.gradient_accumulation_steps) == (2, "bf16", 4)
     assert two.deepspeed_config["zero_optimization"].get("overlap_comm", False) is False
     with pytest.raises(UserError, match="parallel.precision: fp16 is not supported on CPU"):
@@ -421,3 +422,53 @@ def test_plan_cli_trace_plans_with_the_traced_activations(models, tmp_path, caps
     assert main([*args, "--set", "parallel.trace_memory=true"]) == 0   # the config switch, and the table line
     out = capsys.readouterr().out
     assert "planned with the trace" in out and "formula" in out and "trace" in out
+
+
+def _plan_with(model: str, topology: str, *, nproc: int | None = None, training: dict | None = None,
+               **pins) -> Plan:
+    cfg = DialsumConfig()
+    cfg.model.name_or_path = model
+    for key, value in (training or {}).items():
+        setattr(cfg.training, key, value)
+    for key, value in pins.items():
+        setattr(cfg.parallel, key, value)
+    return make_plan(LoadedConfig(config=cfg, sources={}), topo(topology), run_id="r1", nproc_per_node=nproc)
+
+
+def test_speed_choices_on_cpu_ranks(models):
+    """Issue 17: plain DDP when ZeRO-0 fits, length-grouped training, larger generation batches, fused AdamW,
+    no loader workers when every core computes; each with its reason, carried to the ranks by the Plan."""
+    plan = _plan_with(models["bart-base"], "cpu-only", nproc=2)
+    assert_consistent(plan)
+    assert (plan.zero_stage, plan.use_deepspeed, plan.deepspeed_config) == (0, False, None)
+    assert "ZeRO-0 needs no partitioning" in plan.reasons["deepspeed"]
+    assert plan.group_by_length and "LengthGroupedSampler" in plan.reasons["group_by_length"]
+    assert plan.eval_batch_size > plan.micro_batch_size and "no gradients" in plan.reasons["eval_batch_size"]
+    assert plan.optim == "adamw_torch_fused" and plan.dataloader_num_workers == 0
+    assert "every core computes" in plan.reasons["dataloader_num_workers"]
+    back = Plan.from_json(plan.to_json())
+    assert (back.group_by_length, back.eval_batch_size, back.optim) == (True, plan.eval_batch_size, "adamw_torch_fused")
+
+    pinned = _plan_with(models["bart-base"], "cpu-only", nproc=2, deepspeed=True, eval_batch_size=3,
+                        training={"group_by_length": False, "optim": "adamw_torch", "dataloader_num_workers": 1})
+    assert (pinned.use_deepspeed, pinned.zero_stage, pinned.deepspeed_config["zero_optimization"]["stage"]) == (True, 0, 0)
+    assert (pinned.group_by_length, pinned.eval_batch_size, pinned.optim, pinned.dataloader_num_workers) == (
+        False, 3, "adamw_torch", 1)
+    assert all("pinned" in pinned.reasons[k] for k in ("deepspeed", "group_by_length", "eval_batch_size", "optim",
+                                                       "dataloader_num_workers"))
+
+
+def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(models):
+    big = _plan_with(models["bart-7b"], "a100x8-nvlink")
+    assert big.zero_stage > 0 and big.use_deepspeed and f"ZeRO-{big.zero_stage}" in big.reasons["deepspeed"]
+    small = _plan_with(models["bart-base"], "h100x1")
+    assert (small.zero_stage, small.use_deepspeed) == (0, False)
+    assert small.dataloader_num_workers >= 1, "GPU ranks leave cores for loader workers"
+    from launcher.memory import generation_bytes, model_spec
+    from launcher.planner import EVAL_BATCH_CAP
+
+    spec = model_spec(models["bart-7b"])
+    need = generation_bytes(spec, rows=big.eval_batch_size * 4, source_length=512, target_length=65,
+                            precision=big.precision, device="cuda")
+    assert big.micro_batch_size <= big.eval_batch_size <= EVAL_BATCH_CAP
+    assert big.memory["model_state_bytes_per_gpu"] + need <= big.memory["budget_bytes_per_gpu"]

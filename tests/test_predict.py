@@ -149,3 +149,91 @@ def test_generation_kwargs_follow_config():
     assert (beams["max_length"], beams["min_length"], beams["early_stopping"]) == (51, 6, True)
     greedy = generation_kwargs(GenerationConfig(num_beams=1, min_new_tokens=0, early_stopping=True))
     assert (greedy["num_beams"], greedy["min_length"], greedy["early_stopping"]) == (1, 0, False)
+
+
+@pytest.fixture(scope="module")
+def varied_dev(varied_model_dir, mini_data):
+    """The varied tiny BART, its tokenizer and 16 dev dialogues (token lengths differ at MAX_SOURCE)."""
+    from engine.data import read_dialogues, tokenize_split
+    from engine.modeling import load_model_and_tokenizer
+    from engine.schema import ModelConfig
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(varied_model_dir)), [])
+    rows = read_dialogues(mini_data["dev_csv"], require_summary=True, limit=16)
+    dev = {labels: tokenize_split(rows, tokenizer, max_source_length=MAX_SOURCE, max_target_length=64,
+                                  with_labels=labels, cache_dir=None) for labels in (False, True)}
+    return model.eval(), tokenizer, dev
+
+
+def _generate_in_dataset_order(model, tokenizer, dataset, generation, batch_size: int) -> list[str]:
+    import torch
+
+    from engine.modeling import decode_summaries, generation_kwargs
+
+    out: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            rows = [{"input_ids": dataset[i]["input_ids"], "attention_mask": dataset[i]["attention_mask"]}
+                    for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = tokenizer.pad(rows, return_tensors="pt")
+            out += decode_summaries(tokenizer, model.generate(**batch, **generation_kwargs(generation)))
+    return out
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_length_sorted_batches_generate_exactly_the_unsorted_summaries(varied_dev, num_beams, one_thread):
+    """Padding is on the right and masked, so a row's summary does not depend on its batch (greedy and beam search)."""
+    from engine.data import LengthSorted
+    from engine.predict import summarize
+    from engine.schema import GenerationConfig
+
+    model, tokenizer, dev = varied_dev
+    generation = GenerationConfig(num_beams=num_beams, max_new_tokens=12)
+    one_by_one = _generate_in_dataset_order(model, tokenizer, dev[False], generation, batch_size=1)  # no padding
+    unsorted = _generate_in_dataset_order(model, tokenizer, dev[False], generation, batch_size=8)
+    sorted_ = summarize(model, tokenizer, dev[False], generation, batch_size=8, progress=False)
+    assert LengthSorted(dev[False]).order != list(range(16)), "sorting reorders these dialogues"
+    assert len(set(one_by_one)) > 8, "distinct summaries: a row in the wrong place would show"
+    assert sorted_ == unsorted == one_by_one
+
+
+def test_trainer_evaluation_runs_longest_first_and_returns_dataset_order(varied_dev, tmp_path, one_thread):
+    """The engine's evaluation path: a LengthSorted eval set through OOMBackoffTrainer's eval loop (length-grouped
+    training must not reshuffle it), predictions put back in dataset order by `evaluation_summaries`."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+
+    from engine.data import LengthSorted
+    from engine.modeling import generation_kwargs
+    from engine.oom import OOMBackoffTrainer
+    from engine.recorder import NullRecorder
+    from engine.schema import GenerationConfig
+    from engine.trainer import evaluation_summaries
+
+    model, tokenizer, dev = varied_dev
+    generation = GenerationConfig(num_beams=2, max_new_tokens=12)
+    model.generation_config.update(**generation_kwargs(generation))
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_eval_batch_size=5,
+                                    predict_with_generate=True, generation_max_length=generation.max_new_tokens + 1,
+                                    generation_num_beams=generation.num_beams, report_to="none",
+                                    train_sampling_strategy="group_by_length")
+    eval_set = LengthSorted(dev[True])
+    trainer = OOMBackoffTrainer(model=model, args=args, eval_dataset=eval_set, processing_class=tokenizer,
+                                data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+                                recorder=NullRecorder())
+    widths = [batch["input_ids"].shape[1] for batch in trainer.get_eval_dataloader()]
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1], "batches run longest first"
+    summaries = evaluation_summaries(trainer.predict(eval_set), eval_set, tokenizer)
+    assert summaries == _generate_in_dataset_order(model, tokenizer, dev[True], generation, batch_size=1)
+
+
+@pytest.mark.parametrize("largest, rows, world, expected", [
+    (64, 100, 2, 50),   # one round: 50 rows a rank, not 64 and 36
+    (64, 500, 2, 63),   # four rounds of 2 x 63 (the last one short)
+    (64, 16, 2, 8),
+    (4, 100, 2, 4),     # the cap binds
+    (64, 100, 1, 50),   # two batches of 50 rather than 64 + 36
+])
+def test_generation_batches_share_rows_evenly_across_ranks(largest, rows, world, expected):
+    from engine.trainer import balanced_eval_batch
+
+    assert balanced_eval_batch(largest, rows, world) == expected

@@ -17,7 +17,8 @@ def test_unreachable_wandb_is_switched_off_and_never_raises(tmp_path, monkeypatc
     cfg.tracking.wandb_mode = "online"
     run = WandbRun(cfg, run_id="unreachable1")
     started = time.monotonic()
-    assert run.start(config={"a": 1}, plan={}) is None
+    run.start(config={"a": 1}, plan={})
+    assert run.wait() is None
     assert not run.enabled
     run.log(1, {"train/loss": 1.0})
     run.summary({"best/x": 1.0})
@@ -29,9 +30,12 @@ def test_offline_run_keeps_its_id_across_restarts(tmp_path):
     cfg = DialsumConfig()
     cfg.experiment.output_root = str(tmp_path)
     first = WandbRun(cfg, run_id="samejob1")
-    assert first.start(config={}, plan={}) == "samejob1"
+    started = []
+    first.start(config={}, plan={}, on_started=started.append)
+    assert first.wait() == "samejob1" and started == ["samejob1"]
     first.log(1, {"train/loss": 2.0})
     first.finish(exit_code=1)
     again = WandbRun(cfg, run_id="samejob1")
-    assert again.start(config={}, plan={}) == "samejob1"
+    again.start(config={}, plan={})
+    assert again.wait() == "samejob1"
     again.finish(exit_code=0)

@@ -13,7 +13,8 @@ from engine.errors import UserError
 from engine.plan import Plan
 
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
-DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size")
+DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
+             "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers")
 _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
 
 
@@ -142,12 +143,19 @@ def print_plan(plan: Plan) -> None:
         "gradient_checkpointing": "on" if plan.gradient_checkpointing else "off",
         "micro_batch_size": f"{plan.micro_batch_size} (x{plan.gradient_accumulation_steps} accumulation, "
                             f"global {plan.global_batch_size})",
+        "deepspeed": "on" if plan.use_deepspeed else "off",
+        "group_by_length": "on" if plan.group_by_length else "off",
+        "eval_batch_size": str(plan.eval_batch_size or plan.micro_batch_size),
+        "optim": plan.optim,
+        "dataloader_num_workers": str(plan.dataloader_num_workers),
     }
     table = Table(title="Plan", show_lines=False)
     for column in ("decision", "value", "reason"):
         table.add_column(column, overflow="fold")
     for key in DECISIONS:
-        reason = plan.reasons.get(key, "")
+        if key not in plan.reasons:  # a plan saved before the decision existed
+            continue
+        reason = plan.reasons[key]
         table.add_row(key, values[key], reason.split(": ", 1)[1] if ": " in reason else reason)
     if "deepspeed_config" in plan.reasons:  # whose DeepSpeed config runs: dialsum's or the user's file, and what was filled
         whose, _, why = plan.reasons["deepspeed_config"].partition(": ")
