@@ -75,10 +75,18 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
     init_process_group(loaded.config.parallel.deepspeed)
     payload: list[Any] = [None]
     if torch.distributed.get_rank() == 0:
-        plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
-                         nnodes=world_size // local_world, nproc_per_node=local_world)
-        payload = [plan.to_json()]
+        try:
+            plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
+                             nnodes=world_size // local_world, nproc_per_node=local_world)
+            payload = [plan.to_json()]
+        except Exception as exc:  # the other ranks wait in the broadcast: they get the error instead of a plan
+            payload = [{"planning_error": str(exc), "user_error": isinstance(exc, UserError)}]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            raise
     torch.distributed.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], dict):
+        message = payload[0]["planning_error"]
+        raise UserError(message) if payload[0]["user_error"] else RuntimeError(f"rank 0 could not plan: {message}")
     plan = Plan.from_json(payload[0])
     os.environ.update(plan.env)
     return plan

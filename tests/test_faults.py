@@ -3,7 +3,9 @@ changes, torch elastic restarts. Each asserts the tracker's record, the processe
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 
 import psutil
@@ -177,3 +179,68 @@ def test_sigkilled_launcher_leaves_no_rank_behind(tmp_path, tiny_model_dir):
     run = only_run(tmp_path)
     assert run["status"] == "preempted"
     assert latest_checkpoint(tmp_path / "out" / "runs" / run["run_id"] / "checkpoints") is not None
+
+
+def test_planning_error_under_torchrun_reaches_every_rank(tmp_path, tiny_model_dir):
+    """torchrun starts 2 ranks with a config rank 0 cannot plan (global batch 7 on 2 ranks): rank 1 used to wait in the
+    plan broadcast forever; now both ranks print the same one-line error and exit 2 within seconds."""
+    import os
+    import subprocess
+    import sys
+
+    from launch_helpers import REPO_ROOT
+
+    config = config_with(tmp_path, tiny_model_dir, training={"global_batch_size": 7})
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    started = time.monotonic()
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--tee", "3", "--role", "r",
+                           "-m", "engine", "--config", str(config)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_RUN_ID": "badplan"})
+    elapsed = time.monotonic() - started
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "dialsum: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 2, out[-3000:]
+    assert {line.split("]:", 1)[0].split("/")[-1][-1] for line in errors} == {"0", "1"}, errors  # one per rank
+    assert len({line.split("dialsum: error:", 1)[1] for line in errors}) == 1 and "global_batch_size" in errors[0]
+    assert "exitcode  : 2" in out or "exitcode: 2" in out.replace(" ", ""), out[-3000:]
+    assert not [line for line in out.splitlines() if line.startswith("[r") and "Traceback" in line]  # torchrun's own report aside
+    assert elapsed < 120, elapsed
+    assert engine_processes(tmp_path) == []
+
+
+def test_node_without_its_peer_gives_up_in_the_rendezvous_timeout(tmp_path, tiny_model_dir):
+    """Node 1 of 2 with no node 0 anywhere: it leaves after --rdzv-timeout (15 s) with one line and a non-zero exit."""
+    import socket
+    import subprocess
+    import sys
+
+    from launch_helpers import REPO_ROOT
+
+    config = config_with(tmp_path, tiny_model_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "1",
+                             "--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1", "--master-port",
+                             str(port), "--run-id", "lonely", "--rdzv-timeout", "15"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:  # the plan is printed: from here on the node is waiting for its peer
+            if line.startswith("Predicted peak"):
+                break
+        waiting = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    waited = time.monotonic() - waiting
+    errors = [line for line in err.splitlines() if line.startswith("dialsum: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, out[-2000:] + err[-3000:]
+    assert err.strip().splitlines()[-1] == errors[0], "the reason is the last line"
+    assert "rendezvous" in errors[0] and "15 s" in errors[0] and "Traceback" not in err, err[-3000:]
+    assert 15 <= waited < 15 + 20, waited  # torch's TCPStore adds one retry delay (up to 10 s) to the bound
+    assert engine_processes(tmp_path) == []
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "lonely" in " ".join(p.info["cmdline"] or [])]

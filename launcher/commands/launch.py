@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from engine.config import add_config_arguments, load_from_args
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
     parser.add_argument("--master-addr", default=None, help="rendezvous host (multi-node)")
     parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
+    parser.add_argument("--rdzv-timeout", type=int, default=600, metavar="S",
+                        help="multi-node: seconds a node waits for the others to join before it exits non-zero")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="torch elastic restarts of the worker group (each resumes from the last checkpoint)")
     parser.add_argument("--run-id", "--resume", dest="run_id", default=None, metavar="RUN_ID",
@@ -75,5 +78,8 @@ def run(args: argparse.Namespace) -> int:
     plan.save(plan_path)
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
     outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
-                          master_port=args.master_port, max_restarts=args.max_restarts)
+                          master_port=args.master_port, max_restarts=args.max_restarts,
+                          rdzv_timeout=args.rdzv_timeout)
+    if outcome.error and outcome.failing_rank is None and outcome.launcher_signal is None:
+        print(f"dialsum: error: {outcome.error}", file=sys.stderr)  # no rank ran: the rendezvous failed
     return settle_run(loaded.config, plan.run_id, outcome)
