@@ -87,6 +87,9 @@ class RecorderFlush(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.recorder.flush()
 
+    def on_save(self, args, state, control, **kwargs):
+        self.recorder.flush()  # a checkpoint hands every pending record to the writer
+
 
 class DialogueSummarizationTrainer:
     def __init__(self, plan: Plan):
@@ -205,9 +208,10 @@ class DialogueSummarizationTrainer:
             self._train_or_resume(trainer, recorder)
             if preemption.preempted_at is not None:
                 result.preempted_at = preemption.preempted_at
+                trainer = None
+                _teardown()  # peers leave now: rank 0's writes below may wait on a busy store
                 recorder.log_event(preemption.preempted_at, "preempted", {"signal": preemption.signal_name or "peer"})
                 recorder.finish("preempted", exit_code=PREEMPTED_EXIT_CODE)
-                _teardown()
                 return result
             if not best.last_metrics and cfg.training.eval_strategy != "no":
                 trainer.evaluate()
@@ -217,6 +221,8 @@ class DialogueSummarizationTrainer:
             result.model_path = str(model_dir)
             if (self.run_dir / "predictions.csv").exists():
                 result.predictions_path = str(self.run_dir / "predictions.csv")
+            trainer = None
+            _teardown()  # peers leave now: rank 0's registration and closing writes may wait on a busy store
             if cfg.tracking.register_model:
                 result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
                                                                self._model_metadata(datasets, result))
@@ -228,8 +234,6 @@ class DialogueSummarizationTrainer:
             status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
             recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
             raise
-        trainer = None
-        _teardown()
         return result
 
     def _train_or_resume(self, trainer, recorder) -> None:
