@@ -14,8 +14,10 @@ the LR scheduler, RNG and trainer state (step, best metric) and restarts the opt
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -108,28 +110,58 @@ DEEPSPEED_SAFE_GLOBALS = (
 )
 
 
+def _plain_enums(obj):
+    """obj with every int-valued Enum member replaced by its int. DeepSpeed puts `ZeroStageEnum` into the optimizer
+    state, and how an int Enum pickles depends on the interpreter (3.11.2 writes `getattr(ZeroStageEnum, 'gradients')`,
+    3.11.7 writes `ZeroStageEnum(2)`); a plain int pickles the same everywhere, and DeepSpeed only compares it."""
+    if isinstance(obj, enum.Enum) and isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, dict):
+        return type(obj)((key, _plain_enums(value)) for key, value in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_plain_enums(value) for value in obj)
+    return obj
+
+
+def _enum_member_lookup(enums: tuple[type[enum.Enum], ...]):
+    """What `builtins.getattr` resolves to while loading: only `getattr(<allowlisted Enum>, '<member name>')`, the
+    form some interpreters pickle enum members in (checkpoints written before `_plain_enums`). Any other target or
+    attribute fails the load, so no code is reachable through it."""
+    def enum_member(cls, name):
+        if cls in enums and isinstance(name, str) and name in cls.__members__:
+            return cls.__members__[name]
+        raise pickle.UnpicklingError(f"refused getattr({cls!r}, {name!r}) in a checkpoint: only members of "
+                                     f"{', '.join(e.__name__ for e in enums)} may be looked up")
+    return enum_member
+
+
 @contextlib.contextmanager
-def safe_deepspeed_loads():
-    """While active, DeepSpeed reads checkpoints with `torch.load(weights_only=True)` and the allowlist above instead
-    of its default full unpickling (deepspeed 0.19 passes weights_only=False), so a tampered checkpoint cannot run
-    code on resume; an unexpected class fails the load with its name."""
+def safe_deepspeed_checkpoints():
+    """While active, DeepSpeed writes checkpoints with enum members as plain ints and reads them with
+    `torch.load(weights_only=True)` and the allowlist above instead of its default full unpickling (deepspeed 0.19
+    passes weights_only=False), so a tampered checkpoint cannot run code on resume; an unexpected class fails the load
+    with its name."""
     import importlib
 
-    import torch
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     allowed = []
     for spec in DEEPSPEED_SAFE_GLOBALS:
         module, name = spec.split(":")
         allowed.append(getattr(importlib.import_module(module), name))
-    original = TorchCheckpointEngine.load
+    enums = tuple(cls for cls in allowed if isinstance(cls, type) and issubclass(cls, enum.Enum))
+    allowed.append((_enum_member_lookup(enums), "builtins.getattr"))
+    original_save, original_load = TorchCheckpointEngine.save, TorchCheckpointEngine.load
+
+    def save(self, state_dict, path: str):
+        original_save(self, _plain_enums(state_dict), path)
 
     def load(self, path: str, map_location=None):
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
 
-    TorchCheckpointEngine.load = load
+    TorchCheckpointEngine.save, TorchCheckpointEngine.load = save, load
     try:
         yield
     finally:
-        TorchCheckpointEngine.load = original
+        TorchCheckpointEngine.save, TorchCheckpointEngine.load = original_save, original_load

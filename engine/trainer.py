@@ -23,7 +23,7 @@ from engine.atomic import atomic_write_text
 from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
 from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint,
-                                  read_marker, safe_deepspeed_loads)
+                                  read_marker, safe_deepspeed_checkpoints)
 from engine.config import config_from_dict
 from engine.data import SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.environment import collect_environment, git_commit
@@ -241,7 +241,8 @@ class DialogueSummarizationTrainer:
         job keeps its run id, so its run dir already holds them); at another world size, weights only."""
         checkpoint = latest_checkpoint(self.run_dir / "checkpoints")
         if checkpoint is None:
-            trainer.train()
+            with safe_deepspeed_checkpoints() if self.plan.use_deepspeed else contextlib.nullcontext():
+                trainer.train()
             return
         marker = read_marker(checkpoint)
         same_world = marker.get("world_size") == self.plan.world_size
@@ -253,7 +254,7 @@ class DialogueSummarizationTrainer:
                  self.plan.world_size)
         with contextlib.ExitStack() as stack:
             if self.plan.use_deepspeed:
-                stack.enter_context(safe_deepspeed_loads())
+                stack.enter_context(safe_deepspeed_checkpoints())
                 if not same_world:
                     recorder.log_event(marker["step"], "resume_optimizer_reset",
                                        {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
