@@ -141,21 +141,22 @@ class Rank0Recorder:
         self.writer = Writer()
 
     def start(self) -> None:
+        self.writer.submit("run start", self._start_run)
+        wandb_id = self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan))
+        if wandb_id:
+            self.writer.submit("W&B run id", self.tracker.set_wandb_id, self.run_id, wandb_id)
+        self._heartbeat_thread = threading.Thread(target=self._beat, name="dialsum-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _start_run(self) -> None:
         cfg = self.cfg
-        if self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
-            self.tracker.start(self.run_id)
-        else:
+        if not self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
             self.tracker.create_run(
                 self.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=self.plan.config,
                 plan=_plan_summary(self.plan), environment=self.environment, tags=list(cfg.experiment.tags),
                 notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
             )
-            self.tracker.start(self.run_id)
-        wandb_id = self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan))
-        if wandb_id:
-            self.tracker.set_wandb_id(self.run_id, wandb_id)
-        self._heartbeat_thread = threading.Thread(target=self._beat, name="dialsum-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
+        self.tracker.start(self.run_id)
 
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(self.cfg.tracking.heartbeat_seconds):

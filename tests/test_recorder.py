@@ -16,6 +16,7 @@ def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_
     plan = make_plan(loaded, detect_topology(), run_id="merge1", nproc_per_node=1)
     recorder = Rank0Recorder(plan, loaded.config, environment={})
     recorder.start()
+    assert recorder.writer.drain(timeout=60)  # the run's creation, on the writer thread
     commits: list[int] = []
     event.listen(recorder.tracker.store.engine, "commit", lambda conn: commits.append(1))
 
