@@ -23,7 +23,9 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from launcher.plan import Plan
 
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-SHUTDOWN_GRACE_S = 120  # a preempted rank finishes its step and writes a checkpoint in this time (SLURM gives 90 s)
+# A preempted rank finishes its step and writes a checkpoint in this time, then torch elastic SIGKILLs it (SLURM's
+# --signal lead in scripts/slurm is 90 s); DIALSUM_SHUTDOWN_GRACE_S for models whose steps and checkpoints take longer.
+SHUTDOWN_GRACE_S = int(os.environ.get("DIALSUM_SHUTDOWN_GRACE_S", "120"))
 
 
 @dataclass

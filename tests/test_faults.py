@@ -85,7 +85,7 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
     config = config_with(tmp_path, tiny_model_dir, callbacks=slow, training=best)
     started = time.monotonic()
     proc = run_dialsum("launch", str(config), "--nproc", "2", "--run-id", run_id,
-                       env={"DIALSUM_PREEMPT_LEAD_S": "60"})
+                       env={"DIALSUM_SHUTDOWN_GRACE_S": "400", "DIALSUM_PREEMPT_LEAD_S": "60"})
     assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert time.monotonic() - started > 120, "the three 40 s phases ran"
     assert "preemption lead too short" in proc.stdout + proc.stderr
