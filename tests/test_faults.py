@@ -301,7 +301,7 @@ def test_store_locked_by_another_process_does_not_stall_training(tmp_path, tiny_
         lock.execute("COMMIT")
         lock.close()
         lock = None
-        out, _ = launcher.communicate(timeout=300)
+        out, _ = launcher.communicate(timeout=200)
     finally:
         if lock is not None:
             lock.close()
