@@ -50,6 +50,18 @@ class BestTracker(TrainerCallback):
         best = self.best_metrics[self.metric]
         return value > best if self.greater_is_better else value < best
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On resume, the best so far is the Trainer's (restored from trainer_state.json): its metrics are that
+        evaluation's log entry. Without this the first evaluation after a resume would count as best and overwrite
+        predictions.csv and the registered metrics, while the export still took the Trainer's best checkpoint."""
+        if self.best_metrics or not state.best_model_checkpoint:
+            return
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+        for entry in state.log_history:
+            if entry.get("step") == step and f"{EVAL_PREFIX}{self.metric}" in entry:
+                self.best_metrics = strip_eval_prefix({k: v for k, v in entry.items() if k != "step"})
+                self.best_step = step
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = strip_eval_prefix(metrics or {})
         self.last_metrics = metrics

@@ -77,10 +77,9 @@ def init_process_group(use_deepspeed: bool) -> None:
 
 def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] = (),
                           sweep_params: Mapping[str, Any] | None = None) -> Plan:
+    from launcher.ds_config import refuse_fsdp
     from launcher.planner import make_plan
     from launcher.topology import detect_topology
-
-    from launcher.ds_config import refuse_fsdp
 
     adopt_slurm_environment()
     refuse_fsdp(os.environ)  # on every rank, before any collective: an accelerate FSDP config is one line, exit 2
@@ -99,11 +98,14 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
             plan = make_plan(loaded, detect_topology(), run_id=new_run_id(),
                              nnodes=world_size // local_world, nproc_per_node=local_world)
             payload = [plan.to_json()]
-        except UserError as exc:  # every rank reports it and exits 2, rather than waiting on a dead rank 0
-            payload = [{"error": str(exc)}]
+        except Exception as exc:  # the other ranks wait in the broadcast: they get the error instead of a plan
+            payload = [{"planning_error": str(exc), "user_error": isinstance(exc, UserError)}]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            raise
     torch.distributed.broadcast_object_list(payload, src=0)
     if isinstance(payload[0], dict):
-        raise UserError(payload[0]["error"])
+        message = payload[0]["planning_error"]
+        raise UserError(message) if payload[0]["user_error"] else RuntimeError(f"rank 0 could not plan: {message}")
     plan = Plan.from_json(payload[0])
     os.environ.update(plan.env)
     return plan

@@ -8,6 +8,11 @@ count stay as planned; training continues without a restart. The event is record
 The check sits between forward and backward: under DeepSpeed ZeRO the backward pass runs collectives, so a rank that
 ran out of memory there cannot be rejoined; an OOM in backward still fails the run cleanly (the launcher records it).
 
+Under ZeRO-3 the forward itself all-gathers parameters layer by layer: a rank that ran out of memory partway through
+has left its peers inside an all-gather, where no agreement can reach them. There the backoff is refused: the rank
+exits with OOM_RESTART_EXIT_CODE and `dialsum launch` restarts the job from its last checkpoint at half the
+micro-batch (global batch kept; an `oom_restart` event on the run).
+
 The same all-reduce carries each rank's non-padding source tokens, which keeps `state.num_input_tokens_seen` (tokens/s
 and MFU in the Profiler). The Trainer's own `include_num_input_tokens_seen` would add a second collective (a gather)
 to every micro-step, so the engine leaves it off.
@@ -20,14 +25,24 @@ from typing import Any
 
 import torch
 from torch.utils.data import SequentialSampler
+from accelerate.utils import DistributedType
 from transformers import Seq2SeqTrainer
 from transformers.trainer_utils import has_length
-from accelerate.utils import DistributedType
 
 from engine.agreement import agree_after_forward
+from engine.plan import OOM_RESTART_EXIT_CODE
 from engine.recorder import Recorder
+from engine.signals import PROGRESS
 
 log = logging.getLogger(__name__)
+
+
+class ZeRO3OutOfMemory(SystemExit):
+    """Leaves the rank with OOM_RESTART_EXIT_CODE (a SystemExit: no collective, no traceback)."""
+
+    def __init__(self, step: int, micro_batch_size: int):
+        super().__init__(OOM_RESTART_EXIT_CODE)
+        self.step, self.micro_batch_size = step, micro_batch_size
 
 
 def count_source_tokens(inputs: dict[str, Any], pad_token_id: int | None) -> torch.Tensor | int:
@@ -76,6 +91,11 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
                 with self.compute_loss_context_manager():
                     loss = self.compute_loss(model, chunk, num_items_in_batch=num_items_in_batch)
             except torch.OutOfMemoryError:
+                if self._zero3():  # peers are inside the forward's all-gathers: no agreement can reach them
+                    log.error("out of memory in a ZeRO-3 forward at step %d (micro-batch %d): exiting for a restart "
+                              "from the last checkpoint at a smaller micro-batch", self.state.global_step,
+                              self.args.per_device_train_batch_size)
+                    raise ZeRO3OutOfMemory(self.state.global_step, self.args.per_device_train_batch_size) from None
                 oom = True
             any_oom, all_tokens = agree_after_forward(oom, tokens)
             self.state.num_input_tokens_seen += all_tokens
@@ -95,6 +115,15 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
                 self.accelerator.gradient_state._set_sync_gradients(sync_at_end)
             total_loss = total_loss + loss.detach()
         return total_loss
+
+    def _zero3(self) -> bool:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
+
+    def _save_checkpoint(self, model, trial):
+        """A checkpoint write is progress for the preemption watchdog however long its file writes take."""
+        with PROGRESS.local_work():
+            return super()._save_checkpoint(model, trial)
 
     def _scaled(self, loss: torch.Tensor, fraction: float, num_items_in_batch) -> torch.Tensor:
         """The chunk's loss as its share of the step's loss. A model that normalises by `num_items_in_batch` already

@@ -15,6 +15,7 @@ from engine.atomic import atomic_write_text
 from engine.redact import redact
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
+OOM_RESTART_EXIT_CODE = 76  # a ZeRO-3 forward ran out of memory: restart from the last checkpoint at a smaller micro-batch
 # Carries the unredacted config from the launcher to its ranks (their environment, never a file).
 CONFIG_ENV = "DIALSUM_PLAN_CONFIG"
 

@@ -1,14 +1,24 @@
 """The one interface through which the engine causes rank-0 side effects: tracker, registry, W&B.
 
-`make_recorder(plan, rank)` returns `Rank0Recorder` on global rank 0 and `NullRecorder` elsewhere, so the engine
+`make_recorder(plan, cfg, environment)` returns `Rank0Recorder` on global rank 0 and `NullRecorder` elsewhere, so the engine
 calls the same methods on every rank and never branches on rank for side effects. No method here runs a collective:
 anything all ranks must agree on is computed before the call.
+
+Rank 0's writes (store, W&B, the artifact upload) run on one writer thread behind a bounded queue, never on the
+training thread: peers wait in collectives while rank 0 trains, so a store locked by another process or a slow W&B
+must not hold rank 0 up. The writer retries a failed write for up to WRITE_RETRY_S (past SQLite's busy timeout: a
+lock held for minutes is outlasted); a write that still fails is a warning and a `recorder_write_failed` event, and is
+dropped. `finish` waits for the queue to drain (bounded), after the peers have left.
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +51,67 @@ class NullRecorder:
                failing_rank: int | None = None, exit_code: int | None = None) -> None: ...
 
 
+WRITE_RETRY_S = float(os.environ.get("DIALSUM_WRITE_RETRY_S", "900"))  # per write, then it is dropped with a warning
+MAX_PENDING = 10_000  # queued writes; beyond this a metrics record is dropped (with a warning) rather than block training
+
+
+class Writer:
+    """One thread that performs queued side effects in order; `submit` never blocks the caller."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self.failures: list[str] = []
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="dialsum-recorder", daemon=True)
+        self._thread.start()
+
+    def submit(self, what: str, fn: Callable, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            self._queue.put_nowait((what, fn, args, kwargs, future))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("recorder: %d writes pending, dropping %s (the store or W&B is not keeping up)",
+                            MAX_PENDING, what)
+            future.set_result(None)
+        return future
+
+    def _run(self) -> None:
+        while True:
+            what, fn, args, kwargs, future = self._queue.get()
+            if fn is None:  # the drain marker
+                future.set_result(None)
+                continue
+            future.set_result(self._call(what, fn, args, kwargs))
+
+    def _call(self, what: str, fn: Callable, args, kwargs):
+        deadline, delay, warned = time.monotonic() + WRITE_RETRY_S, 1.0, False
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("recorder: %s failed for %.0f s, dropped: %s", what, WRITE_RETRY_S, exc)
+                    self.failures.append(f"{what}: {type(exc).__name__}: {exc}")
+                    return None
+                if not warned:
+                    log.warning("recorder: %s failed, retrying in the background: %s", what, exc)
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything submitted before now is done; False when `timeout` passed first."""
+        marker: Future = Future()
+        try:
+            self._queue.put(("drain", None, (), {}, marker), timeout=timeout)
+            marker.result(timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+
 class Rank0Recorder:
     """Tracker + registry + W&B for one run, owned by global rank 0 only."""
 
@@ -59,22 +130,26 @@ class Rank0Recorder:
         self._heartbeat_thread: threading.Thread | None = None
         self._pending_step: int | None = None
         self._pending: dict[str, float] = {}
+        self._last_step = 0
+        self.writer = Writer()
 
     def start(self) -> None:
+        self.writer.submit("run start", self._start_run)
+        self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan),
+                         on_started=lambda wandb_id: self.writer.submit("W&B run id", self.tracker.set_wandb_id,
+                                                                        self.run_id, wandb_id))
+        self._heartbeat_thread = threading.Thread(target=self._beat, name="dialsum-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _start_run(self) -> None:
         cfg = self.cfg
-        if self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
-            self.tracker.start(self.run_id)
-        else:
+        if not self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
             self.tracker.create_run(
                 self.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=self.plan.config,
                 plan=_plan_summary(self.plan), environment=self.environment, tags=list(cfg.experiment.tags),
                 notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
             )
-            self.tracker.start(self.run_id)
-        self.wandb.start(config=self.plan.config, plan=_plan_summary(self.plan),
-                         on_started=lambda wandb_id: self.tracker.set_wandb_id(self.run_id, wandb_id))
-        self._heartbeat_thread = threading.Thread(target=self._beat, name="dialsum-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
+        self.tracker.start(self.run_id)
 
     def _beat(self) -> None:
         while not self._stop_heartbeat.wait(self.cfg.tracking.heartbeat_seconds):
@@ -88,24 +163,37 @@ class Rank0Recorder:
         several callbacks log at each train log. A different step, an event, a registration or finish flushes first."""
         if self._pending_step is not None and step != self._pending_step:
             self.flush()
-        self._pending_step = step
+        self._pending_step = self._last_step = step
         self._pending.update(metrics)
 
     def flush(self) -> None:
+        """Hand the merged record to the writer (RecorderFlush after each log, and at every checkpoint)."""
         if self._pending:
-            self.tracker.log_metrics(self.run_id, self._pending_step, self._pending)
-            self.wandb.log(self._pending_step, self._pending)
+            step, metrics = self._pending_step, self._pending
+            self.writer.submit(f"metrics of step {step}", self._write_metrics, step, metrics)
         self._pending_step, self._pending = None, {}
+
+    def _write_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(self.run_id, step, metrics)
+        self.wandb.log(step, metrics)
 
     def log_event(self, step: int, kind: str, data: dict[str, Any]) -> None:
         self.flush()
+        self.writer.submit(f"event {kind}", self._write_event, step, kind, data)
+
+    def _write_event(self, step: int, kind: str, data: dict[str, Any]) -> None:
         self.tracker.log_event(self.run_id, step, kind, data)
         self.wandb.log(step, {f"events/{kind}": 1})
 
-    def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int:
+    def register_model(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int | None:
+        """The new version number (None when the registry stayed unreachable): waits for the writer, so call it
+        where no peer waits on rank 0 (after the final barrier)."""
+        self.flush()
+        return self.writer.submit("model registration", self._register, model_dir, metrics, metadata).result()
+
+    def _register(self, model_dir: Path, metrics: dict[str, float], metadata: dict[str, Any]) -> int:
         from engine.store import extract_checkpoint_metadata
 
-        self.flush()
         cfg = self.cfg
         name = cfg.model.registry_name or cfg.experiment.name
         meta = {**extract_checkpoint_metadata(model_dir), **metadata}
@@ -114,13 +202,23 @@ class Rank0Recorder:
             metric=cfg.training.metric_for_best_model, greater_is_better=cfg.training.greater_is_better,
             metadata=meta, tags=list(cfg.experiment.tags),
         )
-        self.wandb.log_model_artifact(name, version, model_dir, metrics)
+        self.wandb.log_model_artifact(name, version, model_dir, metrics)  # its upload wait() is on this thread too
         return version
 
     def finish(self, status: str, *, summary: dict[str, float] | None = None, error: str = "",
                failing_rank: int | None = None, exit_code: int | None = None) -> None:
+        """Queue the run's end, then wait (bounded) until every queued write landed or was given up."""
         self._stop_heartbeat.set()
         self.flush()
+        self.writer.submit("finish", self._write_finish, status, summary, error, failing_rank, exit_code)
+        if not self.writer.drain(timeout=WRITE_RETRY_S + 60):
+            log.warning("recorder: writes still pending after %.0f s; exiting without them", WRITE_RETRY_S + 60)
+
+    def _write_finish(self, status, summary, error, failing_rank, exit_code) -> None:
+        w = self.writer
+        if w.failures or w.dropped:  # the run says what it is missing
+            self.tracker.log_event(self.run_id, self._last_step, "recorder_write_failed",
+                                   {"failed": w.failures[:20], "dropped": w.dropped})
         if summary:
             self.tracker.set_summary(self.run_id, summary)
             self.wandb.summary(summary)

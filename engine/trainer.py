@@ -94,6 +94,9 @@ class RecorderFlush(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.recorder.flush()
 
+    def on_save(self, args, state, control, **kwargs):
+        self.recorder.flush()  # a checkpoint hands every pending record to the writer
+
 
 class DialogueSummarizationTrainer:
     def __init__(self, plan: Plan):
@@ -216,9 +219,10 @@ class DialogueSummarizationTrainer:
             self._train_or_resume(trainer, recorder)
             if preemption.preempted_at is not None:
                 result.preempted_at = preemption.preempted_at
+                trainer = None
+                _teardown()  # peers leave now: rank 0's writes below may wait on a busy store
                 recorder.log_event(preemption.preempted_at, "preempted", {"signal": preemption.signal_name or "peer"})
                 recorder.finish("preempted", exit_code=PREEMPTED_EXIT_CODE)
-                _teardown()
                 return result
             if not best.last_metrics and cfg.training.eval_strategy != "no":
                 trainer.evaluate()
@@ -228,8 +232,11 @@ class DialogueSummarizationTrainer:
             result.model_path = str(model_dir)
             if (self.run_dir / "predictions.csv").exists():
                 result.predictions_path = str(self.run_dir / "predictions.csv")
+            final_step = trainer.state.global_step
+            trainer = None
+            _teardown()  # peers leave now: rank 0's prediction, registration and closing writes wait on nobody
             if cfg.data.test_file and self.rank == 0:
-                result.submission_path = self._write_submission(model_dir, recorder, trainer.state.global_step)
+                result.submission_path = self._write_submission(model_dir, recorder, final_step)
             if cfg.tracking.register_model:
                 result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
                                                                self._model_metadata(datasets, result))
@@ -241,8 +248,6 @@ class DialogueSummarizationTrainer:
             status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
             recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
             raise
-        trainer = None
-        _teardown()
         return result
 
     def _train_or_resume(self, trainer, recorder) -> None:
@@ -298,7 +303,7 @@ class DialogueSummarizationTrainer:
         device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if self.plan.device == "cuda"
                   else torch.device("cpu"))
         path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
-                                    batch_size=self.plan.micro_batch_size, device=device, key="data.test_file")
+                                    batch_size=self.plan.eval_batch_size, device=device, key="data.test_file")
         recorder.log_event(step, "submission", {"path": str(path), "rows": rows, "test_file": self.cfg.data.test_file})
         return str(path)
 

@@ -31,3 +31,24 @@ def settle_run(cfg: DialsumConfig, run_id: str, outcome: LaunchOutcome) -> int:
         error = outcome.error + (f"; rank 0 saw: {ranks_view}" if ranks_view else "")
         tracker.finish(run_id, "failed", error=error, failing_rank=outcome.failing_rank, exit_code=outcome.exit_code)
     return outcome.exit_code
+
+
+def record_oom_restart(cfg: DialsumConfig, old, new, outcome: LaunchOutcome) -> None:
+    """The run's `oom_restart` event: a ZeRO-3 forward ran out of memory and the job restarts at a smaller micro-batch
+    from its last complete checkpoint (a restart cannot be agreed inside a half-done all-gather)."""
+    from pathlib import Path
+
+    from engine.checkpointing import latest_checkpoint, read_marker
+    from engine.store import Tracker, open_store
+
+    run_dir = Path(cfg.experiment.output_root).resolve() / "runs" / old.run_id
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    step = read_marker(checkpoint)["step"] if checkpoint else 0
+    data = {"failing_rank": outcome.failing_rank, "micro_batch_size": [old.micro_batch_size, new.micro_batch_size],
+            "gradient_accumulation_steps": [old.gradient_accumulation_steps, new.gradient_accumulation_steps],
+            "global_batch_size": new.global_batch_size, "checkpoint": checkpoint.name if checkpoint else None}
+    print(f"dialsum: rank {outcome.failing_rank} ran out of memory in a ZeRO-3 forward: restarting from "
+          f"{data['checkpoint'] or 'the start'} at micro-batch {new.micro_batch_size}", flush=True)
+    tracker = Tracker(open_store(store_uri(cfg)))
+    if tracker.exists(old.run_id):
+        tracker.log_event(old.run_id, step, "oom_restart", data)

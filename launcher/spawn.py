@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.distributed import DistNetworkError, DistStoreError
 from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -22,7 +23,9 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from engine.plan import Plan
 
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-SHUTDOWN_GRACE_S = 120  # a preempted rank finishes its step and writes a checkpoint in this time (SLURM gives 90 s)
+# A preempted rank finishes its step and writes a checkpoint in this time, then torch elastic SIGKILLs it (SLURM's
+# --signal lead in scripts/slurm is 90 s); DIALSUM_SHUTDOWN_GRACE_S for models whose steps and checkpoints take longer.
+SHUTDOWN_GRACE_S = int(os.environ.get("DIALSUM_SHUTDOWN_GRACE_S", "120"))
 
 
 @dataclass
@@ -34,7 +37,8 @@ class LaunchOutcome:
 
 
 def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr: str | None = None,
-                master_port: int = 29500, max_restarts: int = 0, verbose: bool = False) -> LaunchOutcome:
+                master_port: int = 29500, max_restarts: int = 0, rdzv_timeout: int = 600,
+                verbose: bool = False) -> LaunchOutcome:
     """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr.
     Local rank 0 prints to the console; the others write `logs/` in the run folder (every rank prints with verbose)."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
@@ -42,10 +46,13 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
     # A fresh TCPStore for every (re)started worker group: the shared rendezvous store keeps the dead group's gloo
     # addresses, and a restarted rank then dials a dead peer ("connectFullMesh ... Connection refused").
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # the preemption lead the ranks compare their step and checkpoint times with (engine/signals.py)
+    os.environ.setdefault("DIALSUM_PREEMPT_LEAD_S", str(SHUTDOWN_GRACE_S))
     if plan.nnodes == 1 and master_addr is None:
         backend, endpoint, rdzv_configs = "c10d", "localhost:0", {}  # what `torchrun --standalone` does
-    else:
-        backend, endpoint, rdzv_configs = "static", f"{master_addr}:{master_port}", {"rank": node_rank}
+    else:  # static: the first node hosts the store; every node waits rdzv_timeout for the others to join
+        backend, endpoint = "static", f"{master_addr}:{master_port}"
+        rdzv_configs = {"rank": node_rank, "timeout": rdzv_timeout}
     config = LaunchConfig(
         min_nodes=plan.nnodes, max_nodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
         run_id=f"dialsum-{plan.run_id}",  # the same on every node: the key their rendezvous meets under
@@ -62,6 +69,10 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         _show_log_tail(plan_path.parent / "logs", failure.local_rank, rank)
         return LaunchOutcome(exit_code=code, failing_rank=rank,
                              error=f"rank {rank} exited with code {failure.exitcode}")
+    except (DistStoreError, DistNetworkError) as exc:  # the rendezvous: a node never came, or the first node is gone
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return LaunchOutcome(exit_code=1, error=f"node {node_rank}: rendezvous at {endpoint} failed within "
+                                                f"{rdzv_timeout} s (--rdzv-timeout): {first_line}")
     except SignalException as exc:
         name = signal.Signals(exc.sigval).name
         return LaunchOutcome(exit_code=128 + exc.sigval, error=f"launcher received {name}",

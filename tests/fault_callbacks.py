@@ -43,3 +43,61 @@ class SecretProbe(TrainerCallback):
 
         if hashlib.sha256((api_key + webhook_url).encode()).hexdigest() != digest:
             raise ValueError("SecretProbe received redacted values")
+
+
+class SlowPhases(TrainerCallback):
+    """A model at real scale, on every rank: step `step` takes `seconds` (spread over its module forwards, as a large
+    model's layers are), the evaluation after it takes `seconds` too, and its checkpoint's first file write sleeps
+    `seconds`. With `signal` set, rank 0 sends it to its parent (the launcher) as the slow step begins."""
+
+    def __init__(self, step: int, seconds: float, signal: str = "", chunk_s: float = 2.0):
+        self.step, self.seconds, self.signal, self.chunk_s = step, seconds, signal, chunk_s
+        self.budget, self.handles = 0.0, []
+
+    def _slow_forwards(self, model) -> None:
+        def pre_hook(module, args):
+            if self.budget > 0:
+                pause = min(self.chunk_s, self.budget)
+                self.budget -= pause
+                time.sleep(pause)
+
+        self.budget = self.seconds
+        if not self.handles:
+            self.handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step - 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            if self.signal and int(os.environ.get("RANK", "0")) == 0:
+                os.kill(os.getppid(), getattr(signal, self.signal))
+            self._slow_forwards(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step != self.step or not self.handles:
+            return
+        self._slow_forwards(model)  # the evaluation that follows this step
+        import torch
+
+        save = torch.save
+
+        def slow_save(*a, **kw):
+            torch.save = save
+            time.sleep(self.seconds)
+            return save(*a, **kw)
+
+        torch.save = slow_save
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.budget = 0.0
+
+
+class StepLog(TrainerCallback):
+    """Global rank `rank` appends `<step> <unix time>` to `path` at every step end: training progress seen from a peer
+    of rank 0, without touching the store."""
+
+    def __init__(self, path: str, rank: int = 1):
+        self.path, self.rank = path, rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if int(os.environ.get("RANK", "0")) == self.rank:
+            with open(self.path, "a") as fh:
+                fh.write(f"{state.global_step} {time.time()}\n")

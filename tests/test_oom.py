@@ -2,6 +2,8 @@
 under DeepSpeed makes every rank halve its micro-batch and finish the planned steps, with the event recorded."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
@@ -87,3 +89,31 @@ def test_injected_oom_on_one_rank_backs_off_on_all_ranks_under_deepspeed(tmp_pat
     assert counted == [expected, expected]
     tokens_per_s = [h["perf/tokens_per_s"] for h in run["history"] if "perf/tokens_per_s" in h]
     assert tokens_per_s and all(t > 0 for t in tokens_per_s)
+
+
+@pytest.mark.slow
+def test_oom_deep_in_a_zero3_forward_restarts_from_the_checkpoint_at_half_the_micro_batch(tmp_path, tiny_model_dir):
+    """ZeRO-3, 2 ranks: rank 1 runs out of memory in the decoder's last layer at step 10, after the forward's earlier
+    all-gathers (rank 0 is then inside the next one: no agreement can reach it). The rank exits 76, the launcher
+    records `oom_restart` and restarts the run at micro-batch 2 x accumulation 2 (global batch 8 kept) from
+    checkpoint-8, which completes the 16 steps."""
+    config = small_config(tmp_path, tiny_model_dir, parallel={"zero_stage": 3},
+                          callbacks=[{"path": "oom_injection:InjectOOM",
+                                      "kwargs": {"step": 9, "rank": 1, "module": "model.decoder.layers.1",
+                                                 "micro_batch_size": 4}}])
+    proc = run_dialsum("launch", str(config), "--nproc", "2", "--run-id", "oom3",
+                       env={"PYTHONPATH": str(REPO_ROOT / "tests")}, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ran out of memory in a ZeRO-3 forward" in proc.stdout
+    run = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}")).get_run("oom3")
+    assert run["status"] == "completed"
+    [restart] = [e for e in run["events"] if e["kind"] == "oom_restart"]
+    assert restart["step"] == 8 and restart["data"]["checkpoint"] == "checkpoint-8"
+    assert restart["data"]["micro_batch_size"] == [4, 2] and restart["data"]["gradient_accumulation_steps"] == [1, 2]
+    assert restart["data"]["global_batch_size"] == 8 and restart["data"]["failing_rank"] == 1
+    [resumed] = [e for e in run["events"] if e["kind"] == "resumed"]
+    assert resumed["step"] == 8
+    assert not [e for e in run["events"] if e["kind"] == "oom_backoff"], "no in-step backoff under ZeRO-3"
+    plan = json.loads((tmp_path / "out" / "runs" / "oom3" / "plan.json").read_text())
+    assert plan["zero_stage"] == 3 and plan["micro_batch_size"] == 2 and plan["gradient_accumulation_steps"] == 2
+    assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16

@@ -16,6 +16,7 @@ def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_
     plan = make_plan(loaded, detect_topology(), run_id="merge1", nproc_per_node=1)
     recorder = Rank0Recorder(plan, loaded.config, environment={})
     recorder.start()
+    assert recorder.writer.drain(timeout=60)  # the run's creation, on the writer thread
     commits: list[int] = []
     event.listen(recorder.tracker.store.engine, "commit", lambda conn: commits.append(1))
 
@@ -24,8 +25,10 @@ def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_
     recorder.log_metrics(10, {"perf/step_time_s": 0.1})     # Profiler
     assert commits == [], "nothing is written before the step's last callback"
     recorder.flush()                                        # RecorderFlush, last in the list
+    assert recorder.writer.drain(timeout=60)                # written by the writer thread
     assert len(commits) == 1
     recorder.flush()
+    assert recorder.writer.drain(timeout=60)
     assert len(commits) == 1, "an empty flush writes nothing"
 
     recorder.log_metrics(11, {"custom/ema": 1.0})
@@ -47,3 +50,41 @@ def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_
     assert len(step10) == 1, "one W&B record for the three callbacks' metrics"
     assert {"train/loss", "system/rss_bytes", "perf/step_time_s"} <= set(step10[0])
     assert [r["_step"] for r in rows] == sorted(r["_step"] for r in rows)
+
+
+def test_locked_sweep_store_delays_an_evaluation_by_at_most_the_prune_wait(tmp_path, monkeypatch):
+    """Another connection holds the Optuna SQLite store (BEGIN EXCLUSIVE) for 8 s: each evaluation waits at most
+    PRUNE_WAIT_S (2 s here) for the study instead of the whole lock, and both reports land once the lock is gone."""
+    import sqlite3
+    import threading
+    import time
+
+    import optuna
+    from transformers import TrainerControl, TrainerState
+
+    from launcher.sweep import pruning
+    from launcher.sweep.optuna_backend import open_storage
+
+    monkeypatch.setattr(pruning, "PRUNE_WAIT_S", 2.0)
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{db}"), direction="maximize")
+    trial = study.ask()
+    callback = pruning.SweepPruningCallback(pruning.TrialLink(f"sqlite:///{db}", "s", trial._trial_id, trial.number,
+                                                              "rouge_combined_f1", "maximize", None))
+    state, control = TrainerState(), TrainerControl()
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(8.0, lambda: (lock.execute("COMMIT"), lock.close()))
+    release.start()
+    try:
+        waits = []
+        for value in (0.3, 0.4):
+            started = time.monotonic()
+            callback.on_evaluate(None, state, control, metrics={"eval_rouge_combined_f1": value})
+            waits.append(time.monotonic() - started)
+        assert all(w < 4.0 for w in waits), waits
+        assert not control.should_training_stop
+        assert callback._writer.drain(timeout=120)
+    finally:
+        release.join()
+    assert study.trials[trial.number].intermediate_values == {1: 0.3, 2: 0.4}

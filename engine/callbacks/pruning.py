@@ -4,6 +4,10 @@ The agent passes the trial through env `DIALSUM_SWEEP_TRIAL` (JSON, see `TrialLi
 Rank 0 alone talks to the study (report + should_prune); the decision reaches every rank through one collective that
 all ranks call in `on_evaluate` (which the Trainer runs on every rank), so no rank waits on a rank-0-only block.
 A pruned trial finishes as a normal, shorter run; rank 0 leaves the user attr `pruned_at` for the agent to see.
+
+The study calls run on a writer thread (the recorder's), not the training thread: an evaluation waits at most
+PRUNE_WAIT_S for the answer, so a busy or unreachable study store delays training by that much at worst; an answer
+that comes later is taken at the next evaluation, and reports are retried in the background until they land.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from transformers import TrainerCallback
 log = logging.getLogger(__name__)
 
 ENV_VAR = "DIALSUM_SWEEP_TRIAL"
+PRUNE_WAIT_S = 10.0
 PRUNED_ATTR = "pruned_at"
 
 
@@ -68,6 +73,8 @@ class SweepPruningCallback(TrainerCallback):
         self.link = link
         self.evaluations = 0
         self._trial = None
+        self._writer = None  # rank 0's study calls, off the training thread
+        self._asked: list = []  # answers not yet taken
 
     def _optuna_trial(self):
         """Rank 0 only: the running trial, loaded with the sweep's pruner (lazily, once)."""
@@ -79,20 +86,34 @@ class SweepPruningCallback(TrainerCallback):
             self._trial = optuna.trial.Trial(study, self.link.trial_id)
         return self._trial
 
+    def _ask(self, metrics: dict, evaluation: int) -> bool:
+        """Rank 0, on the writer thread: report this evaluation (step = evaluation count, W&B's hyperband 'iteration')
+        and ask the pruner. Raises when the study is unreachable (the writer retries, then gives up with a warning)."""
+        trial = self._optuna_trial()
+        value = metrics.get(f"eval_{self.link.metric}")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            trial.report(float(value), evaluation)
+        prune = bool(trial.should_prune())
+        if prune:
+            trial.set_user_attr(PRUNED_ATTR, evaluation)
+        return prune
+
     def _decide(self, metrics: dict) -> bool:
-        """Rank 0: report this evaluation (step = evaluation count, W&B's hyperband 'iteration') and ask the pruner."""
-        try:
-            trial = self._optuna_trial()
-            value = metrics.get(f"eval_{self.link.metric}")
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                trial.report(float(value), self.evaluations)
-            prune = bool(trial.should_prune())
-            if prune:
-                trial.set_user_attr(PRUNED_ATTR, self.evaluations)
-            return prune
-        except Exception as exc:  # the sweep store being unreachable must not kill (or hang) training
-            log.warning("sweep pruning: cannot reach the study, not pruning: %s", exc)
-            return False
+        """Rank 0: ask about this evaluation; prune when any answer so far (this one within PRUNE_WAIT_S) says so."""
+        from concurrent.futures import wait
+
+        from engine.recorder import Writer
+
+        if self._writer is None:
+            self._writer = Writer()
+        self._asked.append(self._writer.submit(f"sweep report {self.evaluations}", self._ask, dict(metrics),
+                                               self.evaluations))
+        wait(self._asked[-1:], timeout=PRUNE_WAIT_S)
+        answered = [f for f in self._asked if f.done()]
+        self._asked = [f for f in self._asked if not f.done()]
+        if not answered:
+            log.warning("sweep pruning: the study has not answered in %.0f s; training goes on", PRUNE_WAIT_S)
+        return any(f.result() for f in answered)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.evaluations += 1

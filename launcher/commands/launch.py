@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from engine.config import add_config_arguments, load_from_args
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
     parser.add_argument("--master-addr", default=None, help="rendezvous host (multi-node)")
     parser.add_argument("--master-port", type=int, default=29500, help="rendezvous port (multi-node)")
+    parser.add_argument("--rdzv-timeout", type=int, default=600, metavar="S",
+                        help="multi-node: seconds a node waits for the others to join before it exits non-zero")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="torch elastic restarts of the worker group (each resumes from the last checkpoint)")
     parser.add_argument("--run-id", dest="run_id", default=None, metavar="RUN_ID",
@@ -75,6 +78,21 @@ def read_sweep_params(path: str | None) -> dict | None:
     return params
 
 
+def oom_restart_plan(plan, outcome, topology, args):
+    """The plan to restart with after a ZeRO-3 forward ran out of memory (engine/oom.py): half the micro-batch, same
+    global batch, same run (it resumes from its last checkpoint); None when this outcome is not that or at 1 row."""
+    from engine.config import load_config
+    from engine.plan import OOM_RESTART_EXIT_CODE
+    from launcher.planner import make_plan
+
+    if outcome.exit_code != OOM_RESTART_EXIT_CODE or plan.micro_batch_size <= 1 or args.nnodes > 1:
+        return None
+    overrides = [*args.overrides, f"parallel.micro_batch_size={plan.micro_batch_size // 2}"]
+    smaller = load_config([*args.config, *args.extra_configs], overrides=overrides,
+                          sweep_params=read_sweep_params(args.sweep_params))
+    return make_plan(smaller, topology, run_id=plan.run_id, nnodes=args.nnodes, nproc_per_node=args.nproc)
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.distributed import new_run_id
     from launcher.planner import make_plan
@@ -94,12 +112,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from launcher.spawn import spawn_ranks
-    from launcher.run_outcome import settle_run
+    from launcher.run_outcome import record_oom_restart, settle_run
 
     plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
     plan.save(plan_path)
     plan.export_config()
     os.environ["DIALSUM_RUN_ID"] = plan.run_id
-    outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
-                          master_port=args.master_port, max_restarts=args.max_restarts, verbose=args.verbose)
+    while True:
+        outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
+                              master_port=args.master_port, max_restarts=args.max_restarts,
+                              rdzv_timeout=args.rdzv_timeout, verbose=args.verbose)
+        smaller = oom_restart_plan(plan, outcome, topology, args)
+        if smaller is None:
+            break
+        record_oom_restart(loaded.config, plan, smaller, outcome)
+        plan = smaller
+        plan.save(plan_path)
+    if outcome.error and outcome.failing_rank is None and outcome.launcher_signal is None:
+        print(f"dialsum: error: {outcome.error}", file=sys.stderr)  # no rank ran: the rendezvous failed
     return settle_run(loaded.config, plan.run_id, outcome)
