@@ -41,7 +41,7 @@ def _config(model: str):
     """(transformers config, raw config dict) of a fixture directory, or of the tiny --quick model."""
     from transformers import AutoConfig
 
-    from launcher.memory import raw_config
+    from launcher.memory_estimate import raw_config
 
     if model == "tiny":
         kwargs = dict(TINY)
@@ -53,7 +53,7 @@ def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, tar
     """Runs in the child: the RSS rise of one forward+backward after a warm-up step."""
     import torch
 
-    from launcher.memory import build_model
+    from launcher.memory_estimate import build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -89,7 +89,7 @@ def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, tar
 
 
 def predict(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> int:
-    from launcher.memory import activation_bytes, model_spec
+    from launcher.memory_estimate import activation_bytes, model_spec
 
     spec = model_spec(TINY if model == "tiny" else FIXTURES / model)
     return activation_bytes(spec, micro_batch=micro, source_length=source, target_length=target, precision=precision,

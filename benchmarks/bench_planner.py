@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     from engine.schema import DialsumConfig
-    from launcher.memory import model_spec
+    from launcher.memory_estimate import model_spec
     from launcher.planner import plan_for_spec
 
     cfg = DialsumConfig()

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             print(f"dialsum: error: {exc}", file=sys.stderr)
             return exc.exit_code
-    rank = int(os.environ.get("RANK", "0"))
+    from engine.distributed import global_rank
+
+    rank = global_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
     from engine.redact import redact_logging
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = Plan.load(args.plan)
             os.environ.update(plan.env)
             if plan.world_size > 1:  # env:// through the elastic agent's store, fresh for every restart attempt
-                init_process_group(plan.use_deepspeed)
+                init_process_group(plan.use_deepspeed, plan.backend)
         else:
             from engine.distributed import plan_for_this_process
 

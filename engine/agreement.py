@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from engine.distributed import is_distributed
+
 
 def _device() -> str:
     """Where a collective's tensor must live: the rank's GPU under NCCL, else CPU (gloo)."""
@@ -19,7 +21,7 @@ def _device() -> str:
 
 def any_rank_flag(flag: bool) -> bool:
     """True on every rank when it is True on any rank (a collective every rank calls)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -29,7 +31,7 @@ def any_rank_flag(flag: bool) -> bool:
 def any_rank_flag_async(flag: bool) -> Callable[[], bool]:
     """`any_rank_flag` without waiting: returns a function that waits for the answer. A check every step costs no
     synchronisation when its answer is read one step later (the reduction finishes while the next step computes)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return lambda: flag
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     work = torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, async_op=True)
@@ -43,7 +45,7 @@ def any_rank_flag_async(flag: bool) -> Callable[[], bool]:
 
 def agree_after_forward(oom: bool, tokens: torch.Tensor | int) -> tuple[bool, int]:
     """(any rank ran out of memory, tokens summed over ranks): one all-reduce that every rank calls after a forward."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return oom, int(tokens)
     device = _device()
     t = torch.stack([torch.tensor(int(oom), dtype=torch.int64, device=device),

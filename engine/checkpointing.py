@@ -26,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from engine.atomic import atomic_write_text
+from engine.distributed import is_distributed
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class CheckpointCommitter(TrainerCallback):
         self.rank, self.world_size, self.keep = rank, world_size, keep
 
     def on_save(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             torch.distributed.barrier()  # every rank's shards are on disk
         if self.rank != 0:
             return

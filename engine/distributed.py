@@ -6,7 +6,6 @@ initialised first with the device's natural backend (nccl with CUDA, else gloo),
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,12 +13,23 @@ import torch
 
 from engine.config import load_config
 from engine.errors import UserError
-from engine.plan import Plan
+from engine.plan import Plan, new_run_id
 
 
-def new_run_id() -> str:
-    """A job's run id: DIALSUM_RUN_ID when a resumed job must keep its run, else a fresh one."""
-    return os.environ.get("DIALSUM_RUN_ID") or uuid.uuid4().hex[:12]
+def global_rank() -> int:
+    """This process's global rank as its launcher set it (torchrun, dialsum launch, accelerate, srun through
+    adopt_slurm_environment, or a world of one); 0 outside any launcher. The one place the engine reads it."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_distributed() -> bool:
+    """Whether a process group is up (a world of one started by create_trainer has none)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def backend_for(device: str) -> str:
+    """The collective backend for a device kind: nccl on CUDA, gloo on CPU (the planner records it in the Plan)."""
+    return "nccl" if device == "cuda" else "gloo"
 
 
 def adopt_slurm_environment(env: dict[str, str] | None = None) -> None:
@@ -61,10 +71,9 @@ def adopt_world_of_one(env: dict[str, str] | None = None) -> None:
                MASTER_PORT=str(port))
 
 
-def init_process_group(use_deepspeed: bool) -> None:
+def init_process_group(use_deepspeed: bool, backend: str) -> None:
     if torch.distributed.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if use_deepspeed:
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -91,7 +100,8 @@ def plan_for_this_process(config_files: Sequence[str], overrides: Sequence[str] 
         plan = make_plan(loaded, detect_topology(), run_id=new_run_id(), nnodes=1, nproc_per_node=1)
         os.environ.update(plan.env)
         return plan
-    init_process_group(loaded.config.parallel.deepspeed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    init_process_group(bool(loaded.config.parallel.deepspeed), backend_for(device))
     payload: list[Any] = [None]
     if torch.distributed.get_rank() == 0:
         try:

@@ -15,7 +15,7 @@ from engine.errors import UserError
 from engine.schema import GenerationConfig, ModelConfig
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """Hub ids are `name` or `org/name`; anything else that is not on disk is a missing local directory."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
 
@@ -31,7 +31,7 @@ def check_model_source(name: str, key: str) -> str:
         if key == "model.name_or_path" and not (path / "config.json").is_file():
             raise UserError(f"{key}: {name} has no config.json (expected a model directory written by save_pretrained)")
         return str(path)
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise UserError(f"{key}: no such directory: {name}")
     return name
 

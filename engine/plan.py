@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,22 @@ from engine.redact import redact
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
 OOM_RESTART_EXIT_CODE = 76  # a ZeRO-3 forward ran out of memory: restart from the last checkpoint at a smaller micro-batch
+
+
+def fresh_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def new_run_id() -> str:
+    """A job's run id: DIALSUM_RUN_ID when a resumed job must keep its run, else a fresh one."""
+    return os.environ.get("DIALSUM_RUN_ID") or fresh_run_id()
+
+
+def run_dir(output_root: str | Path, run_id: str) -> Path:
+    """A run's folder: plan.json, config.yaml, checkpoints, logs, predictions, the exported model."""
+    return Path(output_root).resolve() / "runs" / run_id
+
+
 # Carries the unredacted config from the launcher to its ranks (their environment, never a file).
 CONFIG_ENV = "DIALSUM_PLAN_CONFIG"
 

@@ -195,7 +195,7 @@ class Rank0Recorder:
         from engine.store import extract_checkpoint_metadata
 
         cfg = self.cfg
-        name = cfg.model.registry_name or cfg.experiment.name
+        name = cfg.registry_name()
         meta = {**extract_checkpoint_metadata(model_dir), **metadata}
         version = self.registry.register(
             name, run_id=self.run_id, checkpoint_dir=str(model_dir), metrics=metrics,
@@ -234,5 +234,7 @@ def _plan_summary(plan) -> dict[str, Any]:
 
 
 def make_recorder(plan, cfg: DialsumConfig, environment: dict[str, Any]) -> Recorder:
-    rank = int(os.environ.get("RANK", "0"))
+    from engine.distributed import global_rank
+
+    rank = global_rank()
     return Rank0Recorder(plan, cfg, environment) if rank == 0 else NullRecorder()

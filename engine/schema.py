@@ -165,3 +165,8 @@ class DialsumConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     callbacks: list[CallbackSpec] = field(default_factory=list)
+
+    def registry_name(self) -> str:
+        """The registry model this run's versions go to: model.registry_name, else experiment.name (sweep trials set
+        the former, since each trial has its own experiment name)."""
+        return self.model.registry_name or self.experiment.name

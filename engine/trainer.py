@@ -29,12 +29,13 @@ from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights
 from engine.config import config_from_dict
 from engine.data import (LengthSorted, SummarizationDataset, find_placeholder_tokens, read_dialogues,
                          tokenize_split)
+from engine.distributed import global_rank, is_distributed
 from engine.environment import collect_environment, git_commit
 from engine.errors import UserError
 from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer
 from engine.recorder import make_recorder
-from engine.plan import PREEMPTED_EXIT_CODE, Plan
+from engine.plan import PREEMPTED_EXIT_CODE, Plan, run_dir
 from engine.redact import redact
 from engine.rouge import score_summaries
 from engine.signals import PreemptionCallback
@@ -102,8 +103,8 @@ class DialogueSummarizationTrainer:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.cfg = config_from_dict(plan.config)
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.run_dir = Path(self.cfg.experiment.output_root).resolve() / "runs" / plan.run_id
+        self.rank = global_rank()
+        self.run_dir = run_dir(self.cfg.experiment.output_root, plan.run_id)
         self.model = None
         self.tokenizer = None
 
@@ -358,7 +359,7 @@ def evaluation_summaries(pred, eval_set: SummarizationDataset | LengthSorted, to
 def _teardown() -> None:
     """Free the engine and close the process group cleanly (without the barrier, about 1 in 10-30 runs aborted in gloo teardown)."""
     gc.collect()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

@@ -23,10 +23,11 @@ from launcher.ds_config import (
     UserDeepSpeed, auto_values, read_user_deepspeed, render_deepspeed_config, resolve_user_deepspeed,
     trainer_values, user_pins,
 )
-from launcher.memory import (
+from launcher.memory_estimate import (
     GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, generation_bytes, model_spec, model_state_bytes,
     overhead_bytes,
 )
+from engine.distributed import backend_for
 from engine.plan import Plan
 from launcher.topology import Topology
 
@@ -350,7 +351,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                                      hidden_size=spec.hidden_size if spec else 0, device=device,
                                      offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params)
     return Plan(
-        run_id=run_id, config={}, config_sources={}, device=device, backend="nccl" if device == "cuda" else "gloo",
+        run_id=run_id, config={}, config_sources={}, device=device, backend=backend_for(device),
         nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
         use_deepspeed=use_deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
@@ -366,7 +367,7 @@ def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int
     import dataclasses
     import time
 
-    from launcher.memory import load_configs, traced_activation_bytes
+    from launcher.memory_estimate import load_configs, traced_activation_bytes
 
     hf_config, raw = load_configs(name)
     scale, rows = [1.0, 1.0], {}

@@ -7,9 +7,9 @@ launcher saw die first and that rank's exit code.
 """
 from __future__ import annotations
 
-from engine.store import store_uri
+from engine.plan import PREEMPTED_EXIT_CODE, run_dir
 from engine.schema import DialsumConfig
-from engine.plan import PREEMPTED_EXIT_CODE
+from engine.store import store_uri
 from launcher.spawn import LaunchOutcome
 
 OPEN_STATUSES = ("created", "running", "crashed")  # crashed: running with a stale heartbeat
@@ -36,13 +36,10 @@ def settle_run(cfg: DialsumConfig, run_id: str, outcome: LaunchOutcome) -> int:
 def record_oom_restart(cfg: DialsumConfig, old, new, outcome: LaunchOutcome) -> None:
     """The run's `oom_restart` event: a ZeRO-3 forward ran out of memory and the job restarts at a smaller micro-batch
     from its last complete checkpoint (a restart cannot be agreed inside a half-done all-gather)."""
-    from pathlib import Path
-
     from engine.checkpointing import latest_checkpoint, read_marker
     from engine.store import Tracker, open_store
 
-    run_dir = Path(cfg.experiment.output_root).resolve() / "runs" / old.run_id
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = latest_checkpoint(run_dir(cfg.experiment.output_root, old.run_id) / "checkpoints")
     step = read_marker(checkpoint)["step"] if checkpoint else 0
     data = {"failing_rank": outcome.failing_rank, "micro_batch_size": [old.micro_batch_size, new.micro_batch_size],
             "gradient_accumulation_steps": [old.gradient_accumulation_steps, new.gradient_accumulation_steps],

@@ -10,7 +10,7 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-from launcher.memory import (
+from launcher.memory_estimate import (
     ModelSpec, activation_bytes, bare_spec, cpu_bytes_per_node, model_spec, model_state_bytes, zero_paper_bytes,
 )
 
@@ -46,7 +46,7 @@ def test_untied_t5_is_counted_as_from_pretrained_loads_it(tmp_path):
     transformers 5 forces the config object tied, but from_pretrained loads the separate lm_head: count that."""
     import json
 
-    from launcher.memory import build_model, raw_config
+    from launcher.memory_estimate import build_model, raw_config
 
     kwargs = dict(TINY_T5)
     config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
@@ -168,7 +168,7 @@ def test_encoder_layer_follows_korthikanti():
 
 
 def test_attention_path_follows_implementation_device_and_dropout():
-    from launcher.memory import fused_attention
+    from launcher.memory_estimate import fused_attention
 
     bart = _korthikanti_spec(attn_implementation="sdpa", attention_dropout=0.1)
     kobart = ModelSpec(**{**bart.__dict__, "attention_dropout": 0.0})
@@ -200,7 +200,7 @@ def test_activations_scale_with_checkpointing_precision_and_logits():
 def test_local_model_spec_is_cached_by_config_hash(tmp_path, monkeypatch, tiny_model_dir):
     import shutil
 
-    from launcher.memory import model_spec, spec_cache_dir
+    from launcher.memory_estimate import model_spec, spec_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = tmp_path / "model"
@@ -239,7 +239,7 @@ def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
     the activation memory the benchmark measured on this CPU for the same case."""
     import json
 
-    from launcher.memory import load_configs, traced_activation_bytes
+    from launcher.memory_estimate import load_configs, traced_activation_bytes
 
     measured = json.loads((repo_root / "benchmarks" / "results" / "activation_memory_cpu.json").read_text())
     measured = measured["bart-base|512/128|mb4|ckpt off|fp32"]["measured_bytes"]
@@ -251,7 +251,7 @@ def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
 
 def test_deep_models_are_traced_as_scaled_layer_copies():
     """Beyond TRACE_FULL_LAYERS the trace runs 1-2 layer copies (seconds for a 7B config) and scales per layer."""
-    from launcher.memory import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
+    from launcher.memory_estimate import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
 
     hf_config, raw = load_configs(BART_7B)
     assert BART_7B["encoder_layers"] + BART_7B["decoder_layers"] > TRACE_FULL_LAYERS

@@ -14,7 +14,7 @@ from engine.errors import UserError
 from engine.schema import DialsumConfig
 from launcher.cli import main
 from launcher.ds_config import check_deepspeed_config, load_template, render_deepspeed_config
-from launcher.memory import model_state_bytes, bare_spec
+from launcher.memory_estimate import model_state_bytes, bare_spec
 from engine.plan import Plan
 from launcher.planner import make_plan
 from launcher.topology import GPUInfo, Topology, load_topology
@@ -394,7 +394,7 @@ def test_past_runs_of_the_model_on_this_device_correct_the_prediction(models, tm
 
 def test_cpu_rank_baseline_is_measured_not_a_constant(tmp_path, monkeypatch):
     """The CPU overhead is the RSS of a fresh interpreter after a rank's imports, measured once and cached."""
-    from launcher.memory import cpu_baseline_bytes, overhead_bytes
+    from launcher.memory_estimate import cpu_baseline_bytes, overhead_bytes
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     rss = cpu_baseline_bytes()
@@ -464,7 +464,7 @@ def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(model
     small = _plan_with(models["bart-base"], "h100x1")
     assert (small.zero_stage, small.use_deepspeed) == (0, False)
     assert small.dataloader_num_workers >= 1, "GPU ranks leave cores for loader workers"
-    from launcher.memory import generation_bytes, model_spec
+    from launcher.memory_estimate import generation_bytes, model_spec
     from launcher.planner import EVAL_BATCH_CAP
 
     spec = model_spec(models["bart-7b"])

@@ -6,7 +6,7 @@ values, or agreed through a flag reduction the caller provides; collectives run 
 """
 from engine.callbacks.anomaly import ANOMALY_KINDS, Anomaly, AnomalyDetector
 from engine.callbacks.loading import load_custom_callbacks
-from engine.callbacks.memory import MemoryTracker, gather_peak_bytes, local_peak_bytes
+from engine.callbacks.memory_usage import MemoryTracker, gather_peak_bytes, local_peak_bytes
 from engine.callbacks.profiler import Profiler, estimate_flops_per_token, peak_flops_for_device
 
 __all__ = [

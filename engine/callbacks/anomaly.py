@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from transformers import TrainerCallback
 
-from engine.callbacks.memory import current_memory_bytes
+from engine.callbacks.memory_usage import current_memory_bytes
 from engine.callbacks.profiler import StepClock, samples_per_step
 
 if TYPE_CHECKING:

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from engine.distributed import is_distributed
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "DIALSUM_SWEEP_TRIAL"
@@ -118,7 +120,7 @@ class SweepPruningCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.evaluations += 1
         decision = [self._decide(metrics or {}) if state.is_world_process_zero else None]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             torch.distributed.broadcast_object_list(decision, src=0)  # every rank calls this, every evaluation
         if decision[0]:
             if state.is_world_process_zero:

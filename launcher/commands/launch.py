@@ -51,7 +51,7 @@ def check_model(cfg) -> None:
     """The model must be readable before any rank starts: a missing directory, a config.json that is not JSON or a hub
     id that cannot be resolved is a one-line error here, not a rank's traceback after the run folder exists."""
     from engine.modeling import check_model_source
-    from launcher.memory import model_spec
+    from launcher.memory_estimate import model_spec
 
     name = cfg.model.name_or_path
     source = check_model_source(name, "model.name_or_path")
@@ -94,7 +94,7 @@ def oom_restart_plan(plan, outcome, topology, args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.distributed import new_run_id
+    from engine.plan import new_run_id, run_dir
     from launcher.planner import make_plan
     from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from launcher.spawn import spawn_ranks
     from launcher.run_outcome import record_oom_restart, settle_run
 
-    plan_path = Path(loaded.config.experiment.output_root).resolve() / "runs" / plan.run_id / "plan.json"
+    plan_path = run_dir(loaded.config.experiment.output_root, plan.run_id) / "plan.json"
     plan.save(plan_path)
     plan.export_config()
     os.environ["DIALSUM_RUN_ID"] = plan.run_id

@@ -53,7 +53,7 @@ def parse_count(text: str) -> int:
 
 def _bare_plan(args: argparse.Namespace) -> Plan:
     from engine.schema import DialsumConfig
-    from launcher.memory import bare_spec
+    from launcher.memory_estimate import bare_spec
     from launcher.planner import plan_for_spec
     from launcher.topology import ClusterInfo, GPUInfo, Topology, parse_size
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.plan import run_dir
 from launcher.commands.runs import open_from_args, store_arguments
 from launcher.display import print_json
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     with open_from_args(args) as store:
         tracked = Tracker(store).get_run(args.run_id)
-    report = write_run_report(tracked, args.out or Path(args.output_root) / "runs" / args.run_id / "report")
+    report = write_run_report(tracked, args.out or run_dir(args.output_root, args.run_id) / "report")
     if args.json:
         print_json({"out_dir": str(report.out_dir), "files": [str(f) for f in report.files], "numbers": report.numbers})
     else:

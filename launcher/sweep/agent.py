@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,11 +26,11 @@ import optuna
 from optuna.trial import TrialState
 
 from engine.atomic import atomic_write_text
+from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, open_storage
 from engine.config import load_config
 from engine.errors import UserError
-from engine.callbacks.pruning import open_storage
+from engine.plan import fresh_run_id
 from launcher.sweep.optuna_backend import create_study, suggest
-from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink
 from launcher.sweep.spec import SweepSpec, check_params, load_sweep
 
 RUN_ID, PARAMS, RETRY_OF, SURPLUS, HEARTBEAT, ERROR = "run_id", "params", "retry_of", "surplus", "heartbeat", "error"
@@ -60,11 +59,6 @@ class AgentSettings:
 
 def sweep_dir(output_root: str, name: str) -> Path:
     return Path(output_root).resolve() / "sweeps" / name
-
-
-def registry_name(cfg) -> str:
-    """The one registry model every trial registers under (trials get their own experiment.name)."""
-    return cfg.model.registry_name or cfg.experiment.name
 
 
 def trial_command(s: AgentSettings, group: str, name: str, model_name: str, params_file: Path) -> list[str]:
@@ -174,7 +168,7 @@ class Agent:
     def run_trial(self, trial: optuna.Trial) -> None:
         spec, s = self.spec, self.s
         params = suggest(trial, spec)
-        run_id = uuid.uuid4().hex[:12]
+        run_id = fresh_run_id()
         trial.set_user_attr(PARAMS, params)
         trial.set_user_attr(RUN_ID, run_id)
         try:
@@ -186,7 +180,7 @@ class Agent:
         params_file = atomic_write_text(trials_dir / f"{trial.number}.json",
                                         json.dumps(spec.config_params(params), indent=2))
         log_file = trials_dir / f"{trial.number}.log"
-        cmd = trial_command(s, spec.name, f"{spec.name}-trial-{trial.number}", registry_name(self.base), params_file)
+        cmd = trial_command(s, spec.name, f"{spec.name}-trial-{trial.number}", self.base.registry_name(), params_file)
         link = TrialLink(storage=s.storage, study=spec.name, trial_id=trial._trial_id, number=trial.number,
                          metric=spec.metric, direction=spec.goal,
                          hyperband=spec.hyperband.kwargs() if spec.hyperband else None)

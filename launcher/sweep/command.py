@@ -14,7 +14,7 @@ import optuna
 
 from engine.config import load_config
 from engine.errors import UserError
-from launcher.sweep.agent import PARAMS, RETRY_OF, RUN_ID, SURPLUS, Agent, AgentSettings, registry_name, sweep_dir
+from launcher.sweep.agent import PARAMS, RETRY_OF, RUN_ID, SURPLUS, Agent, AgentSettings, sweep_dir
 from engine.callbacks.pruning import is_url, open_storage
 from launcher.sweep.optuna_backend import default_storage, make_sampler, suggest
 from launcher.sweep.spec import SweepSpec, check_params, load_sweep, read_sweep_yaml
@@ -89,7 +89,7 @@ def summarize(spec: SweepSpec, storage: str, base) -> bool:
     if base.tracking.register_model:
         store = open_store(store_uri(base))
         try:
-            registry, name = Registry(store), registry_name(base)
+            registry, name = Registry(store), base.registry_name()
             versions = [v for v in registry.list_versions(name) if v["run_id"] == best.user_attrs.get(RUN_ID)]
             if versions:
                 alias = f"sweep-{spec.name}"

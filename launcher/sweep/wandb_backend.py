@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.atomic import atomic_write_text
 from engine.errors import UserError
-from launcher.sweep.agent import AgentSettings, registry_name, sweep_dir, trial_command
+from launcher.sweep.agent import AgentSettings, sweep_dir, trial_command
 from launcher.sweep.spec import SweepSpec, check_params
 
 def to_wandb_config(spec: SweepSpec, data: Mapping[str, Any]) -> dict:
@@ -61,7 +61,7 @@ def run_wandb_agent(spec: SweepSpec, data: Mapping[str, Any], settings: AgentSet
         run.finish()
         check_params(spec, params, settings.configs, settings.overrides)
         params_file = atomic_write_text(trials / f"{run_id}.json", json.dumps(spec.config_params(params), indent=2))
-        cmd = trial_command(settings, spec.name, f"{spec.name}-{run_id}", registry_name(base), params_file)
+        cmd = trial_command(settings, spec.name, f"{spec.name}-{run_id}", base.registry_name(), params_file)
         subprocess.run(cmd, env={**os.environ, "DIALSUM_RUN_ID": run_id}, check=False)
 
     wandb.agent(sweep_id, function=trial, count=count, project=project, entity=entity)

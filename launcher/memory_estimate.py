@@ -127,13 +127,15 @@ def load_configs(source: str | os.PathLike | Mapping) -> tuple:
     """(transformers config, raw config.json dict) of a model directory, hub id or dict of sizes (see model_spec)."""
     from transformers import AutoConfig
 
+    from engine.modeling import looks_like_path
+
     if isinstance(source, Mapping):
         kwargs = dict(source)
         return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs), dict(source)
     source = str(source)
     if Path(source).is_dir():
         return AutoConfig.from_pretrained(source), raw_config(source)
-    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+    if looks_like_path(source):
         raise OSError(f"no such model directory: {source}")
     try:  # the hub cache first: no network round trip when the id was downloaded before
         return AutoConfig.from_pretrained(source, local_files_only=True), raw_config(source, local_files_only=True)

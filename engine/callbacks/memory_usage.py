@@ -16,6 +16,8 @@ import psutil
 import torch
 from transformers import TrainerCallback
 
+from engine.distributed import is_distributed
+
 if TYPE_CHECKING:
     from engine.recorder import Recorder
 
@@ -88,7 +90,7 @@ def system_snapshot() -> dict[str, float]:
 
 def gather_objects(obj) -> list:
     """Every rank's `obj`, indexed by rank (a collective when torch.distributed is initialised: call on all ranks)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return [obj]
     gathered: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, obj)
