@@ -213,6 +213,7 @@ class Rank0Recorder:
         self.writer.submit("finish", self._write_finish, status, summary, error, failing_rank, exit_code)
         if not self.writer.drain(timeout=WRITE_RETRY_S + 60):
             log.warning("recorder: writes still pending after %.0f s; exiting without them", WRITE_RETRY_S + 60)
+        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)  # W&B's own teardown: main thread
 
     def _write_finish(self, status, summary, error, failing_rank, exit_code) -> None:
         w = self.writer
@@ -223,7 +224,6 @@ class Rank0Recorder:
             self.tracker.set_summary(self.run_id, summary)
             self.wandb.summary(summary)
         self.tracker.finish(self.run_id, status, error=error, failing_rank=failing_rank, exit_code=exit_code)
-        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)
 
 
 def _plan_summary(plan) -> dict[str, Any]:
