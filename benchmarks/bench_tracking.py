@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         recorder = make_recorder(Path(tmp))
         recorder.start()
+        recorder.wandb.wait()  # W&B starts in the background; the run must exist before the variants write to it
+        recorder.writer.drain(timeout=60)
         run_id = recorder.run_id
 
         def separate_writes(step: int, metrics: dict[str, float]) -> None:
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             ("anchor: W&B offline `run.log` alone", lambda s, m: recorder.wandb.run.log(m, step=s)),
             ("tracker (SQLite) `Tracker.log_metrics` alone", lambda s, m: recorder.tracker.log_metrics(run_id, s, m)),
             ("before: each callback's metrics written on their own (tracker + W&B, 3 writes)", separate_writes),
-            ("dialsum: 3 `Rank0Recorder.log_metrics` + `flush` (one write)", merged_write),
+            ("dialsum: 3 `Rank0Recorder.log_metrics` + `flush` (one write, queued to the writer thread)", merged_write),
         ]
         results, step = [], 0
         for name, fn in variants:
