@@ -31,7 +31,8 @@ def engine_config(work: Path, model: Path, a: argparse.Namespace, nproc: int, ti
                  "max_train_samples": a.rows, "max_eval_samples": 8, "max_source_length": a.max_source,
                  "max_target_length": a.max_target},
         "training": {"max_steps": a.steps, "learning_rate": a.lr, "global_batch_size": a.batch,
-                     "logging_steps": a.logging_steps, "eval_strategy": "no"},
+                     "logging_steps": a.logging_steps, "eval_strategy": "no",
+                     "group_by_length": False},  # the plain script samples at random: same batches, same loss
         "parallel": {"deepspeed": a.deepspeed, "zero_stage": 2 if a.deepspeed else 0},
         "tracking": {"wandb_mode": "offline"},
         "callbacks": [{"path": "step_timer:StepTimer", "kwargs": {"out": str(timer_out)}}],
