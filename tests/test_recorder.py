@@ -16,7 +16,8 @@ def test_metrics_of_one_step_are_written_once_and_in_order(tmp_path, tiny_model_
     plan = make_plan(loaded, detect_topology(), run_id="merge1", nproc_per_node=1)
     recorder = Rank0Recorder(plan, loaded.config, environment={})
     recorder.start()
-    assert recorder.writer.drain(timeout=60)  # the run's creation, on the writer thread
+    recorder.wandb.wait()                     # W&B starts in the background, then queues its run id for the store
+    assert recorder.writer.drain(timeout=60)  # the run's creation and that id, on the writer thread
     commits: list[int] = []
     event.listen(recorder.tracker.store.engine, "commit", lambda conn: commits.append(1))
 
@@ -62,8 +63,8 @@ def test_locked_sweep_store_delays_an_evaluation_by_at_most_the_prune_wait(tmp_p
     import optuna
     from transformers import TrainerControl, TrainerState
 
-    from launcher.sweep import pruning
-    from launcher.sweep.optuna_backend import open_storage
+    from engine.callbacks import pruning
+    from engine.callbacks.pruning import open_storage
 
     monkeypatch.setattr(pruning, "PRUNE_WAIT_S", 2.0)
     db = tmp_path / "optuna.db"

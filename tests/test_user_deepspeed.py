@@ -169,6 +169,6 @@ def test_accelerate_fsdp_is_refused_in_one_line(monkeypatch):
 
 
 def test_dialsum_plan_says_it_is_its_own_config():
-    p = plan("a100x8-nvlink")
+    p = plan("a100x8-nvlink", deepspeed=True)
     assert p.reasons["deepspeed_config"].startswith("dialsum's plan: ")
     assert "optimizer" not in p.deepspeed_config

@@ -32,7 +32,7 @@ PRUNED_ATTR = "pruned_at"
 
 @dataclass
 class TrialLink:
-    storage: str          # what `optuna_backend.open_storage` accepts: an RDB URL or a journal file path
+    storage: str          # what `open_storage` below accepts: an RDB URL or a journal file path
     study: str
     trial_id: int         # Optuna's storage id (`Trial._trial_id`), what `optuna.trial.Trial(study, id)` takes
     number: int
