@@ -52,7 +52,7 @@ def test_accelerate_launch_runs_engine_as_two_ranks(tmp_path, tiny_model_dir):
 def test_accelerate_deepspeed_template_runs_the_users_deepspeed_config(tmp_path, tiny_model_dir):
     """accelerate's own deepspeed.yaml + zero_stage1_config.json (tests/fixtures/, public files; fp16 set to "auto" as
     the yaml's comment says, since DeepSpeed has no fp16 on CPU): the run trains with the user's ZeRO-1 config and
-    optimizer/scheduler sections, not dialsum's plan, and says so. accelerate's fsdp.yaml is refused on both ranks."""
+    optimizer/scheduler sections, not dialsum's plan, and says so. accelerate's fsdp.yaml is refused by the ranks."""
     import json
     import yaml
 
@@ -83,7 +83,8 @@ def test_accelerate_deepspeed_template_runs_the_users_deepspeed_config(tmp_path,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     refusals = [line for line in (fsdp.stdout + fsdp.stderr).splitlines()
                 if line.startswith("dialsum: error: accelerate config: distributed_type FSDP is not supported")]
-    assert fsdp.returncode != 0 and len(refusals) == 2, fsdp.stderr[-3000:]
+    # each rank refuses on its own; torchrun stops the other rank when the first exits, so one or both lines are seen
+    assert fsdp.returncode != 0 and len(refusals) in (1, 2), fsdp.stderr[-3000:]
     assert 'engine/' not in fsdp.stderr, "no rank traceback"
     assert len(Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}")).list_runs()) == 1
 

@@ -269,7 +269,9 @@ def test_node_without_its_peer_gives_up_in_the_rendezvous_timeout(tmp_path, tiny
     assert proc.returncode != 0 and len(errors) == 1, out[-2000:] + err[-3000:]
     assert err.strip().splitlines()[-1] == errors[0], "the reason is the last line"
     assert "rendezvous" in errors[0] and "15 s" in errors[0] and "Traceback" not in err, err[-3000:]
-    assert 15 <= waited < 15 + 20, waited  # torch's TCPStore adds one retry delay (up to 10 s) to the bound
+    # bounded, not exact: torch's TCPStore adds a retry delay (up to 10 s) and the launcher then records the failed run;
+    # 17 s on the idle 2-core machine, 37 s once on a loaded CI machine. The fault this guards is a 10-minute hang.
+    assert 15 <= waited < 15 + 60, waited
     assert engine_processes(tmp_path) == []
     assert not [p for p in psutil.process_iter(["cmdline"]) if "lonely" in " ".join(p.info["cmdline"] or [])]
 
