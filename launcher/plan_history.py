@@ -24,19 +24,16 @@ def past_predictions(cfg: DialsumConfig) -> list[dict]:
 
 def _past_predictions(tracker, cfg: DialsumConfig) -> list[dict]:
     rows = []
-    for summary in tracker.list_runs(status="completed"):
-        run = tracker.get_run(summary["run_id"])
-        if run["config"].get("model", {}).get("name_or_path") != cfg.model.name_or_path:
+    for event in tracker.events_of_kind("memory_peaks", status="completed"):
+        data, plan = event["data"], event["plan"]
+        if event["config"].get("model", {}).get("name_or_path") != cfg.model.name_or_path \
+                or not data.get("predicted_bytes"):
             continue
-        for event in run["events"]:
-            data = event["data"]
-            if event["kind"] == "memory_peaks" and data.get("predicted_bytes"):
-                rows.append({"run_id": run["run_id"], "world_size": run["plan"].get("world_size"),
-                             "zero_stage": run["plan"].get("zero_stage"),
-                             "micro_batch_size": run["plan"].get("micro_batch_size"), "device": data["device"],
-                             "predicted_bytes": data["predicted_bytes"], "measured_bytes": data["max_bytes"],
-                             "prediction_error": data["prediction_error"],
-                             "correction": (run["plan"].get("memory") or {}).get("correction", 1.0)})
+        rows.append({"run_id": event["run_id"], "world_size": plan.get("world_size"), "zero_stage": plan.get("zero_stage"),
+                     "micro_batch_size": plan.get("micro_batch_size"), "device": data["device"],
+                     "predicted_bytes": data["predicted_bytes"], "measured_bytes": data["max_bytes"],
+                     "prediction_error": data["prediction_error"],
+                     "correction": (plan.get("memory") or {}).get("correction", 1.0)})
         if len(rows) >= MAX_RUNS:
             break
     return rows

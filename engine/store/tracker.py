@@ -141,6 +141,17 @@ class Tracker:
                    events=[{"step": e.step, "kind": e.kind, "data": e.data, "at": iso(e.at)} for e in event_rows])
         return run
 
+    def events_of_kind(self, kind: str, *, status: str) -> list[dict[str, Any]]:
+        """Every `kind` event of the runs in `status`, newest run first, with the run's config and plan: one query,
+        whatever the number of runs and metrics in the store (the planner reads past memory peaks this way)."""
+        query = (select(events.c.run_id, events.c.data, runs.c.config, runs.c.plan)
+                 .join(runs, runs.c.run_id == events.c.run_id)
+                 .where(events.c.kind == kind, runs.c.status == status)
+                 .order_by(runs.c.created_at.desc(), events.c.id))
+        with self.store.read() as conn:
+            return [{"run_id": r.run_id, "data": r.data, "config": r.config, "plan": r.plan or {}}
+                    for r in conn.execute(query)]
+
     def list_runs(self, status: str | None = None, sort_by_metric: str | None = None, descending: bool = True,
                   group: str | None = None) -> list[dict[str, Any]]:
         """Runs newest first, or by a metric (summary value, else latest logged value; runs without it go last)."""
