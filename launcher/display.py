@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from engine.store.db import finite_json
@@ -22,8 +24,17 @@ def print_json(obj: Any) -> None:
     print(json.dumps(finite_json(obj), indent=2, default=str))
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+LOG_WIDTH = 160  # a log file or pipe has no width; rich's default of 80 folds every reason in the plan table
+
+
+def console():
+    """A rich Console as wide as the terminal, or LOG_WIDTH when writing to a file or pipe (COLUMNS still wins)."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", min_width=len(title))
@@ -31,4 +42,4 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(fmt(v) for v in row))
-    Console(width=200).print(table)
+    console().print(table)

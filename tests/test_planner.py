@@ -472,3 +472,23 @@ def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(model
                             precision=big.precision, device="cuda")
     assert big.micro_batch_size <= big.eval_batch_size <= EVAL_BATCH_CAP
     assert big.memory["model_state_bytes_per_gpu"] + need <= big.memory["budget_bytes_per_gpu"]
+
+
+def test_plan_table_in_a_log_file_is_not_folded_at_80_columns(tmp_path):
+    """`dialsum plan ... > plan.log` (a SLURM log, a CI log): the table is LOG_WIDTH wide, not rich's 80 for a pipe,
+    so each reason stays on one or two lines; COLUMNS still wins when set."""
+    import os
+    import subprocess
+    import sys
+
+    from launcher.display import LOG_WIDTH
+
+    args = [sys.executable, "-m", "launcher.cli", "plan", "--model-params", "7.5B", "--gpus", "8", "--gpu-memory",
+            "80GB"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    widths = {}
+    for columns in (None, "100"):
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                             env=env if columns is None else {**env, "COLUMNS": columns}).stdout
+        widths[columns] = max(len(line) for line in out.splitlines())
+    assert 80 < widths[None] <= LOG_WIDTH and widths["100"] <= 100, widths

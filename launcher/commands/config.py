@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_table(loaded: LoadedConfig) -> None:
-    from rich.console import Console
+    from launcher.display import console as make_console
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold")
@@ -34,7 +34,7 @@ def _print_table(loaded: LoadedConfig) -> None:
     table.add_column("layer", overflow="fold")
     for key, value, layer in explain_rows(loaded):
         table.add_row(key, json.dumps(redact(value), ensure_ascii=False), layer, style=None if layer == "default" else "cyan")
-    Console().print(table)
+    make_console().print(table)
 
 
 def run_reference(args: argparse.Namespace) -> int:

@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**scores, "lang": args.lang, "tokenizer": args.tokenizer}, indent=2))
         return 0
-    from rich.console import Console
+    from launcher.display import console as make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     console.print(f"ROUGE F1 over {scores['num_samples']} dialogues (lang {args.lang}, tokenizer {args.tokenizer})")
     table = Table()
     table.add_column("metric")

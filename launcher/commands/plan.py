@@ -108,7 +108,7 @@ def print_history(rows: list[dict]) -> None:
     """Predicted vs measured peak memory of past runs of the same model (positive error: the plan over-predicted)."""
     if not rows:
         return
-    from rich.console import Console
+    from launcher.display import console as make_console
     from rich.table import Table
 
     table = Table(title="Past runs of this model: predicted vs measured peak memory per rank")
@@ -117,7 +117,7 @@ def print_history(rows: list[dict]) -> None:
     for r in rows:
         table.add_row(r["run_id"], str(r["world_size"]), str(r["zero_stage"]), str(r["micro_batch_size"]), r["device"],
                       _gib(r["predicted_bytes"]), _gib(r["measured_bytes"]), f"{r['prediction_error']:+.0%}")
-    Console().print(table)
+    make_console().print(table)
 
 
 def _gib(n: int) -> str:
@@ -126,10 +126,10 @@ def _gib(n: int) -> str:
 
 def print_plan(plan: Plan) -> None:
     """The decision table (decision | value | reason) and the per-stage memory table."""
-    from rich.console import Console
+    from launcher.display import console as make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     if "model" in plan.reasons:
         console.print(f"[bold]Model:[/bold] {plan.reasons['model']}")
     if "memory" in plan.reasons:

@@ -20,10 +20,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(topology.to_dict(), indent=2))
         return 0
 
-    from rich.console import Console
+    from launcher.display import console as make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     ram = f"{topology.ram_bytes / 2**30:.1f} GiB"
     if topology.ram_available_bytes is not None:
         ram += f" ({topology.ram_available_bytes / 2**30:.1f} GiB available)"
