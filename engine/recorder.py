@@ -8,7 +8,8 @@ Rank 0's writes (store, W&B, the artifact upload) run on one writer thread behin
 training thread: peers wait in collectives while rank 0 trains, so a store locked by another process or a slow W&B
 must not hold rank 0 up. The writer retries a failed write for up to WRITE_RETRY_S (past SQLite's busy timeout: a
 lock held for minutes is outlasted); a write that still fails is a warning and a `recorder_write_failed` event, and is
-dropped. `finish` waits for the queue to drain (bounded), after the peers have left.
+dropped. `finish` waits for the queue to drain, after the peers have left: WRITE_RETRY_S + 60 s at most for a completed
+run, ENDING_WAIT_S for one that failed, was killed or preempted (it must leave inside the launcher's grace).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class NullRecorder:
 
 
 WRITE_RETRY_S = float(os.environ.get("DIALSUM_WRITE_RETRY_S", "900"))  # per write, then it is dropped with a warning
+# A failed, killed or preempted run exits inside the launcher's shutdown grace: its closing writes wait this long at
+# most (the run then reads as crashed if they never land); a completed run waits for its writes (WRITE_RETRY_S + 60).
+ENDING_WAIT_S = 30.0
 MAX_PENDING = 10_000  # queued writes; beyond this a metrics record is dropped (with a warning) rather than block training
 
 
@@ -211,8 +215,9 @@ class Rank0Recorder:
         self._stop_heartbeat.set()
         self.flush()
         self.writer.submit("finish", self._write_finish, status, summary, error, failing_rank, exit_code)
-        if not self.writer.drain(timeout=WRITE_RETRY_S + 60):
-            log.warning("recorder: writes still pending after %.0f s; exiting without them", WRITE_RETRY_S + 60)
+        wait_s = WRITE_RETRY_S + 60 if status == "completed" else ENDING_WAIT_S
+        if not self.writer.drain(timeout=wait_s):
+            log.warning("recorder: writes still pending after %.0f s; exiting without them", wait_s)
         self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)  # W&B's own teardown: main thread
 
     def _write_finish(self, status, summary, error, failing_rank, exit_code) -> None:

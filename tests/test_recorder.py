@@ -89,3 +89,33 @@ def test_locked_sweep_store_delays_an_evaluation_by_at_most_the_prune_wait(tmp_p
     finally:
         release.join()
     assert study.trials[trial.number].intermediate_values == {1: 0.3, 2: 0.4}
+
+
+def test_failed_run_exits_within_the_ending_wait_while_the_store_is_locked(tmp_path, tiny_model_dir, monkeypatch):
+    """Another process holds the SQLite store (BEGIN EXCLUSIVE) while rank 0 fails: finish("failed") returns after
+    ENDING_WAIT_S (2 s here), not after the 60 s a completed run's writes may retry, so the failing rank leaves inside
+    the launcher's grace; once the lock is gone the queued end still lands."""
+    import sqlite3
+    import time
+
+    from engine import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "WRITE_RETRY_S", 60.0)
+    monkeypatch.setattr(recorder_module, "ENDING_WAIT_S", 2.0)
+    loaded = load_config([str(small_config(tmp_path, tiny_model_dir))])
+    plan = make_plan(loaded, detect_topology(), run_id="fails", nproc_per_node=1)
+    recorder = Rank0Recorder(plan, loaded.config, environment={})
+    recorder.start()
+    assert recorder.writer.drain(timeout=60)
+    lock = sqlite3.connect(tmp_path / "out" / "dialsum.db", isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        recorder.finish("failed", error="RuntimeError: boom", failing_rank=0, exit_code=1)
+        took = time.monotonic() - started
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    assert 2.0 <= took < 15, took
+    assert recorder.writer.drain(timeout=60)
+    assert recorder.tracker.get_run("fails")["status"] == "failed"
