@@ -1,11 +1,11 @@
 """Wall time to the same ROUGE: `dialsum launch` with its plan vs the plain Seq2SeqTrainer script users write (issue 17).
 
 2 CPU ranks. Plain: torchrun + Seq2SeqTrainer at its defaults (DDP, no DeepSpeed, random batches, evaluation by
-generation at batch 8 in dataset order). dialsum: whatever its planner chooses (printed). Same tiny BART (tags baked
-in, common.build_bench_model), same rows at 512/128 tokens, steps, seed, batch, learning rate and generation settings;
-ROUGE decoded and scored by the same functions. Runs are interleaved (plain, dialsum, plain, ...); medians are
-reported. Ablation rows turn one planner choice off each (pinned in the config): a choice's share of the gain is its
-row's time minus the plan's. Target: whole run >= 1.3x faster than plain, final dev ROUGE equal or better.
+generation at batch 8 in dataset order). dialsum: whatever its planner chooses (printed). Same BART (the demo's mini by
+default, tags baked in, common.build_bench_model), same rows at 512/128 tokens, steps, seed, batch, learning rate and
+generation settings; ROUGE decoded and scored by the same functions. Runs are interleaved (plain, dialsum, plain, ...);
+medians are reported. Ablation rows turn one planner choice off each (pinned in the config): a choice's share of the
+gain is its row's time minus the plan's. Target: whole run >= 1.3x faster than plain, final dev ROUGE equal or better.
 """
 from __future__ import annotations
 
@@ -28,10 +28,15 @@ ABLATIONS = [
     ("DeepSpeed ZeRO-0 instead of plain DDP", {"parallel": {"deepspeed": True, "zero_stage": 0}}),
     ("random training batches (no length grouping)", {"training": {"group_by_length": False}}),
     ("evaluation in dataset order (unsorted)", {"evaluation": {"sort_by_length": False}}),
-    ("evaluation batch = training micro-batch", {"parallel": {"eval_batch_size": "micro"}}),
+    ("evaluation batch 64 (the GPU rule: the largest that fits)", {"parallel": {"eval_batch_size": 64}}),
     ("adamw_torch (not fused)", {"training": {"optim": "adamw_torch"}}),
-    ("all of the above: dialsum before issue 17", "all"),
 ]
+# dialsum before issue 17: DeepSpeed ZeRO-0, random batches, generation in dataset order at the micro-batch, adamw_torch
+BEFORE_17 = ("all of the above: dialsum before issue 17",
+             {"parallel": {"deepspeed": True, "zero_stage": 0, "eval_batch_size": "micro"},
+              "training": {"group_by_length": False, "optim": "adamw_torch"},
+              "evaluation": {"sort_by_length": False}})
+ABLATIONS.append(BEFORE_17)
 
 
 def merged(base: dict, extra: dict) -> dict:
@@ -42,7 +47,7 @@ def merged(base: dict, extra: dict) -> dict:
 
 
 def engine_config(work: Path, name: str, model: Path, a: argparse.Namespace, timer_out: Path,
-                  overrides: dict | str) -> Path:
+                  overrides: dict) -> Path:
     micro = a.batch // a.nproc
     cfg = {
         "experiment": {"name": "bench-vs-ddp", "output_root": str(work / f"engine-out-{name}"), "seed": a.seed},
@@ -58,9 +63,7 @@ def engine_config(work: Path, name: str, model: Path, a: argparse.Namespace, tim
         "tracking": {"wandb_mode": "offline"},
         "callbacks": [{"path": "step_timer:StepTimer", "kwargs": {"out": str(timer_out)}}],
     }
-    parts = [o for _, o in ABLATIONS if isinstance(o, dict)] if overrides == "all" else [overrides]
-    for part in parts:
-        cfg = merged(cfg, part)
+    cfg = merged(cfg, overrides)
     if cfg["parallel"].get("eval_batch_size") == "micro":
         cfg["parallel"]["eval_batch_size"] = micro
     path = work / f"engine-{name}.yaml"
@@ -92,7 +95,7 @@ def run_plain(work: Path, model: Path, a: argparse.Namespace, r: int) -> tuple[f
     return took, json.loads(out.read_text())
 
 
-def run_dialsum(work: Path, model: Path, a: argparse.Namespace, name: str, overrides: dict | str) -> tuple[float, dict]:
+def run_dialsum(work: Path, model: Path, a: argparse.Namespace, name: str, overrides: dict) -> tuple[float, dict]:
     out = work / f"timer-{name}.json"
     config = engine_config(work, name, model, a, out, overrides)
     took = timed([sys.executable, "-m", "launcher.cli", "launch", str(config)], f"dialsum ({name})",
@@ -121,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=1000, help="training rows")
     p.add_argument("--eval-rows", type=int, default=100, help="dev rows evaluated")
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-steps", type=int, default=150, help="evaluate every N steps (default: two evaluations)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--eval-steps", type=int, default=100, help="evaluate every N steps (default: two evaluations)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side")
     p.add_argument("--ablation-repeats", type=int, default=1, help="runs per ablation row (0: no ablations)")
     p.add_argument("--batch", type=int, default=8, help="global batch")
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--min-new-tokens", type=int, default=8,
                    help="the tiny model's best beam is otherwise often empty (ROUGE 0 on both sides)")
+    p.add_argument("--size", default="mini", choices=["tiny", "mini", "small"],
+                   help="`dialsum init-model` size: tiny is overhead-bound, mini (the demo's) spends its steps computing")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workdir", default="", help="keep models and outputs here (default: a temp dir)")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-vs-ddp-") as tmp:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model = build_bench_model(work / "model")
+        model = build_bench_model(work / f"model-{a.size}", size=a.size)
         runs: dict[str, list[tuple[float, dict, float]]] = {"plain": [], "dialsum": []}
         for r in range(a.repeats):
             for side in ("plain", "dialsum"):
@@ -196,7 +201,8 @@ def report(a: argparse.Namespace, runs: dict, plan_text: str) -> None:
         ["run", "n", "whole run (s)", "train + evals (s)", "in evals (s)", "start-up / wrap / exit (s)",
          "speed-up vs plain (whole)", "final dev ROUGE (r1+r2+rL F1)", "share of the gain (ablation - plan)",
          "runs (s)"], rows,
-        [f"{a.steps} steps, global batch {a.batch}, {a.rows} train rows from {a.train.name}, {a.eval_rows} dev rows "
+        [f"{a.size} BART ({a.steps} steps), global batch {a.batch}, {a.rows} train rows from {a.train.name}, "
+         f"{a.eval_rows} dev rows "
          f"from {a.eval.name}, source/target {a.max_source}/{a.max_target} tokens, evaluation every {a.eval_steps} "
          f"steps by generation ({a.beams} beams, {a.min_new_tokens}-{a.max_new_tokens} new tokens), lr {a.lr}, seed {a.seed}; median "
          f"of {a.repeats} interleaved runs per side, ablations {a.ablation_repeats} run(s) each",

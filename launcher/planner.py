@@ -558,6 +558,10 @@ def _eval_batch(cfg: DialsumConfig, setting: Setting | None, c: Candidate, micro
         return pinned, f"{pinned}: pinned (parallel.eval_batch_size)"
     if setting is None or not setting.spec.has_architecture:
         return micro, f"{micro}: the training micro-batch (activations not modelled for this model)"
+    if setting.device == "cpu":  # benchmarks/README.md: an evaluation 11.5-12.2 s at batch 64, 7.9-10.2 s at 4
+        return micro, (f"{micro}: the training micro-batch: on CPU a generation batch costs in proportion to its rows, "
+                       "and a larger one keeps finished beams computing until its longest summary ends; batches "
+                       "sorted longest first, summaries restored to dataset order")
     beams, src = cfg.generation.num_beams, cfg.data.max_source_length
     tgt = cfg.generation.max_new_tokens + 1
     overhead = overhead_bytes(setting.spec, device=setting.device, stage=c.zero_stage, precision=setting.precision)

@@ -436,14 +436,15 @@ def _plan_with(model: str, topology: str, *, nproc: int | None = None, training:
 
 
 def test_speed_choices_on_cpu_ranks(models):
-    """Issue 17: plain DDP when ZeRO-0 fits, length-grouped training, larger generation batches, fused AdamW,
-    no loader workers when every core computes; each with its reason, carried to the ranks by the Plan."""
+    """Issue 17: plain DDP when ZeRO-0 fits, length-grouped training, generation at the micro-batch (on CPU a larger
+    batch only keeps finished beams computing), fused AdamW, no loader workers when every core computes; each with its
+    reason, carried to the ranks by the Plan."""
     plan = _plan_with(models["bart-base"], "cpu-only", nproc=2)
     assert_consistent(plan)
     assert (plan.zero_stage, plan.use_deepspeed, plan.deepspeed_config) == (0, False, None)
     assert "ZeRO-0 needs no partitioning" in plan.reasons["deepspeed"]
     assert plan.group_by_length and "LengthGroupedSampler" in plan.reasons["group_by_length"]
-    assert plan.eval_batch_size > plan.micro_batch_size and "no gradients" in plan.reasons["eval_batch_size"]
+    assert plan.eval_batch_size == plan.micro_batch_size and "finished beams" in plan.reasons["eval_batch_size"]
     assert plan.optim == "adamw_torch_fused" and plan.dataloader_num_workers == 0
     assert "every core computes" in plan.reasons["dataloader_num_workers"]
     back = Plan.from_json(plan.to_json())
@@ -471,6 +472,7 @@ def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(model
     need = generation_bytes(spec, rows=big.eval_batch_size * 4, source_length=512, target_length=65,
                             precision=big.precision, device="cuda")
     assert big.micro_batch_size <= big.eval_batch_size <= EVAL_BATCH_CAP
+    assert small.eval_batch_size > small.micro_batch_size and "no gradients" in small.reasons["eval_batch_size"]
     assert big.memory["model_state_bytes_per_gpu"] + need <= big.memory["budget_bytes_per_gpu"]
 
 
