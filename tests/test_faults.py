@@ -65,7 +65,10 @@ def test_one_rank_dies_every_rank_ends_and_run_is_failed(tmp_path, tiny_model_di
     proc = run_dialsum("launch", str(config), "--nproc", "2")
     ended = time.time()
     assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ended - float(stamp.read_text()) < 10, "the group took more than 10 s to end after the fault"
+    took = ended - float(stamp.read_text())
+    # the fault this guards is a peer left waiting in a collective until gloo's timeout (minutes); the bound leaves
+    # room for the launcher's teardown and its failure record on a slower, busier machine (0.9-2.7 s on the idle one)
+    assert took < 30, f"the group took {took:.0f} s to end after the fault"
     assert engine_processes(tmp_path) == [], "orphan rank processes"
     run = only_run(tmp_path)
     assert run["status"] == "failed" and run["failing_rank"] == 1 and run["exit_code"] == code, run["error"]
