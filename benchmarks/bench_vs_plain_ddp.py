@@ -23,6 +23,11 @@ from common import BENCH_DIR, MINI_DIR, REPO_ROOT, bench_env, build_bench_model,
 
 TARGET_SPEEDUP = 1.3
 METRIC = "eval_rouge_combined_f1"
+# dialsum before issue 17: DeepSpeed ZeRO-0, random batches, generation in dataset order at the micro-batch, adamw_torch
+BEFORE_17 = ("all of the above: dialsum before issue 17",
+             {"parallel": {"deepspeed": True, "zero_stage": 0, "eval_batch_size": "micro"},
+              "training": {"group_by_length": False, "optim": "adamw_torch"},
+              "evaluation": {"sort_by_length": False}})
 # (row label, config overrides that turn the choice off); the first row is dialsum's own plan
 ABLATIONS = [
     ("DeepSpeed ZeRO-0 instead of plain DDP", {"parallel": {"deepspeed": True, "zero_stage": 0}}),
@@ -30,13 +35,8 @@ ABLATIONS = [
     ("evaluation in dataset order (unsorted)", {"evaluation": {"sort_by_length": False}}),
     ("evaluation batch 64 (the GPU rule: the largest that fits)", {"parallel": {"eval_batch_size": 64}}),
     ("adamw_torch (not fused)", {"training": {"optim": "adamw_torch"}}),
+    BEFORE_17,
 ]
-# dialsum before issue 17: DeepSpeed ZeRO-0, random batches, generation in dataset order at the micro-batch, adamw_torch
-BEFORE_17 = ("all of the above: dialsum before issue 17",
-             {"parallel": {"deepspeed": True, "zero_stage": 0, "eval_batch_size": "micro"},
-              "training": {"group_by_length": False, "optim": "adamw_torch"},
-              "evaluation": {"sort_by_length": False}})
-ABLATIONS.append(BEFORE_17)
 
 
 def merged(base: dict, extra: dict) -> dict:
@@ -202,8 +202,7 @@ def report(a: argparse.Namespace, runs: dict, plan_text: str) -> None:
          "speed-up vs plain (whole)", "final dev ROUGE (r1+r2+rL F1)", "share of the gain (ablation - plan)",
          "runs (s)"], rows,
         [f"{a.size} BART ({a.steps} steps), global batch {a.batch}, {a.rows} train rows from {a.train.name}, "
-         f"{a.eval_rows} dev rows "
-         f"from {a.eval.name}, source/target {a.max_source}/{a.max_target} tokens, evaluation every {a.eval_steps} "
+         f"{a.eval_rows} dev rows from {a.eval.name}, source/target {a.max_source}/{a.max_target} tokens, evaluation every {a.eval_steps} "
          f"steps by generation ({a.beams} beams, {a.min_new_tokens}-{a.max_new_tokens} new tokens), lr {a.lr}, seed {a.seed}; median "
          f"of {a.repeats} interleaved runs per side, ablations {a.ablation_repeats} run(s) each",
          "whole run: process start to exit; train + evals: the Trainer's train begin to end (evaluations included); "
