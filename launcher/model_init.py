@@ -69,27 +69,18 @@ def build_model(tokenizer, size: ModelSize, seed: int):
     return BartForConditionalGeneration(config)
 
 
-def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny", vocab_size: int | None = None,
-               seed: int = 42) -> InitResult:
-    """Train the tokenizer on dialogues + summaries, build the model, save both to out_dir atomically
-    (a temp dir renamed into place, so a half-written model directory never exists)."""
-    if size not in SIZES:
-        raise UserError(f"--size: unknown size {size!r} (expected one of {', '.join(SIZES)})")
-    spec = SIZES[size]
-    vocab_size = vocab_size or spec.vocab_size
-    if vocab_size < 300:  # 256 byte symbols + the special tokens + a few merges
-        raise UserError(f"--vocab-size: {vocab_size} is too small (expected at least 300)")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"--out: {out_dir} already exists and is not empty (remove it or choose another directory)")
-
+def build_from_data(train_file: str | Path, spec: ModelSize, vocab_size: int, seed: int):
+    """(model, tokenizer): the tokenizer trained on the split's dialogues and summaries, the model sized by spec."""
     from engine.data import read_dialogues  # torch-heavy; keeps `dialsum --help` fast
 
     dialogues = read_dialogues(train_file, require_summary=True, key="--from-data")
     texts = [d.dialogue for d in dialogues] + [r for d in dialogues for r in d.references]
     tokenizer = train_tokenizer(texts, vocab_size)
-    model = build_model(tokenizer, spec, seed)
+    return build_model(tokenizer, spec, seed), tokenizer
 
+
+def save_model_dir(model, tokenizer, out_dir: Path) -> None:
+    """Save model and tokenizer through a temp dir renamed into place, so a half-written model directory never exists."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of this same pid
@@ -103,4 +94,21 @@ def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny", vocab_size: int | None = None,
+               seed: int = 42) -> InitResult:
+    """Train the tokenizer on dialogues + summaries, build the model, save both to out_dir atomically."""
+    if size not in SIZES:
+        raise UserError(f"--size: unknown size {size!r} (expected one of {', '.join(SIZES)})")
+    spec = SIZES[size]
+    vocab_size = vocab_size or spec.vocab_size
+    if vocab_size < 300:  # 256 byte symbols + the special tokens + a few merges
+        raise UserError(f"--vocab-size: {vocab_size} is too small (expected at least 300)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"--out: {out_dir} already exists and is not empty (remove it or choose another directory)")
+
+    model, tokenizer = build_from_data(train_file, spec, vocab_size, seed)
+    save_model_dir(model, tokenizer, out_dir)
     return InitResult(out_dir=out_dir, vocab_size=len(tokenizer), num_parameters=model.num_parameters())
