@@ -79,6 +79,12 @@ def build_from_data(train_file: str | Path, spec: ModelSize, vocab_size: int, se
     return build_model(tokenizer, spec, seed), tokenizer
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Before any work: the model directory to create must not exist or be empty (save_model_dir replaces it)."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"--out: {out_dir} already exists and is not empty (remove it or choose another directory)")
+
+
 def save_model_dir(model, tokenizer, out_dir: Path) -> None:
     """Save model and tokenizer through a temp dir renamed into place, so a half-written model directory never exists."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +112,7 @@ def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny
     if vocab_size < 300:  # 256 byte symbols + the special tokens + a few merges
         raise UserError(f"--vocab-size: {vocab_size} is too small (expected at least 300)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"--out: {out_dir} already exists and is not empty (remove it or choose another directory)")
-
+    check_out_dir(out_dir)
     model, tokenizer = build_from_data(train_file, spec, vocab_size, seed)
     save_model_dir(model, tokenizer, out_dir)
     return InitResult(out_dir=out_dir, vocab_size=len(tokenizer), num_parameters=model.num_parameters())

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.data import read_dialogues
 from engine.errors import UserError
-from launcher.model_init import SIZES, build_from_data, save_model_dir
+from launcher.model_init import SIZES, build_from_data, check_out_dir, save_model_dir
 
 SHORT_WINDOW, LONG_WINDOW = 48, 126  # tokens of dialogue per example: short first (copying is learned there), then long
 
@@ -45,6 +45,14 @@ def corrupt(tokens: list[int], mask_id: int, rng: random.Random, rate: float = 0
     return out
 
 
+def padded(rows: list[list[int]], value: int):
+    """A batch tensor of token rows, right-padded with `value` to the longest."""
+    import torch
+
+    width = max(map(len, rows))
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
 def pretrain(model, tokenizer, dialogues: list[str], *, steps: int, batch: int, lr: float, seed: int,
              log_every: int = 100) -> float:
     """Denoising steps on random windows of the dialogues; returns the last logged loss."""
@@ -58,10 +66,6 @@ def pretrain(model, tokenizer, dialogues: list[str], *, steps: int, batch: int, 
     warmup = min(100, steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-
-    def padded(rows: list[list[int]], value: int):
-        width = max(map(len, rows))
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
     dropout = model.config.dropout
     model.config.dropout = 0.0  # nothing to regularise against in a few thousand steps; restored for fine-tuning
@@ -106,11 +110,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"--out: {out} already exists and is not empty", file=sys.stderr)
-        return 2
     spec = SIZES["mini"]
     try:
+        check_out_dir(out)
         dialogues = [d.dialogue for d in read_dialogues(args.dialogues, require_summary=False, key="--dialogues")]
         model, tokenizer = build_from_data(args.tokenizer_data, spec, spec.vocab_size, args.seed)
     except UserError as exc:

@@ -9,6 +9,7 @@ import pytest
 from engine.data import read_dialogues
 from launcher.model_init import SIZES, build_from_data
 
+FINE_TUNE_STEPS = 250
 
 @pytest.fixture(scope="module")
 def pretrain_script(repo_root):
@@ -55,7 +56,7 @@ def test_pretraining_lowers_the_denoising_loss(pretrain_script, mini_data, capsy
     assert last < first - 1.0, (first, last)
 
 
-def _fine_tune_and_generate(model, tokenizer, train, dev, steps: int) -> list[str]:
+def _fine_tune_and_generate(model, tokenizer, train, dev, steps: int, padded) -> list[str]:
     """The demo's settings in one process: batch 16, constant lr 1e-3, 128/32 tokens, 2 beams."""
     import torch
 
@@ -64,10 +65,6 @@ def _fine_tune_and_generate(model, tokenizer, train, dev, steps: int) -> list[st
     source = tokenizer([d.dialogue for d in train], max_length=128, truncation=True)["input_ids"]
     target = tokenizer(text_target=[d.references[0] for d in train], max_length=32, truncation=True)["input_ids"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def padded(rows, value):
-        width = max(map(len, rows))
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
     model.train()
     for _ in range(steps):
@@ -85,7 +82,8 @@ def _fine_tune_and_generate(model, tokenizer, train, dev, steps: int) -> list[st
 
 
 @pytest.mark.slow
-def test_pretrained_model_learns_dialogue_dependent_summaries_where_random_weights_do_not(repo_root, mini_data):
+def test_pretrained_model_learns_dialogue_dependent_summaries_where_random_weights_do_not(repo_root, mini_data,
+                                                                                      pretrain_script):
     """Issue 15 item 8: the same short fine-tuning from the shipped weights gives a different summary per dialogue;
     from random weights (same size, same tokenizer) one summary for all."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -94,12 +92,11 @@ def test_pretrained_model_learns_dialogue_dependent_summaries_where_random_weigh
     dev = read_dialogues(mini_data["dev_csv"], require_summary=True)[:20]
     path = repo_root / "data" / "mini-bart-pretrained"
     pretrained = _fine_tune_and_generate(AutoModelForSeq2SeqLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
-                                         train, dev, STEPS)
+                                         train, dev, FINE_TUNE_STEPS, pretrain_script.padded)
     spec = SIZES["mini"]
     scratch_model, scratch_tokenizer = build_from_data(mini_data["train_csv"], spec, spec.vocab_size, seed=42)
-    scratch = _fine_tune_and_generate(scratch_model, scratch_tokenizer, train, dev, STEPS)
+    scratch = _fine_tune_and_generate(scratch_model, scratch_tokenizer, train, dev, FINE_TUNE_STEPS,
+                                      pretrain_script.padded)
     assert len(set(pretrained)) >= 15, pretrained
     assert len(set(scratch)) <= 3, scratch
 
-
-STEPS = 250
