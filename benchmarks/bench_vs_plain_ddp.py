@@ -33,7 +33,7 @@ ABLATIONS = [
     ("DeepSpeed ZeRO-0 instead of plain DDP", {"parallel": {"deepspeed": True, "zero_stage": 0}}),
     ("random training batches (no length grouping)", {"training": {"group_by_length": False}}),
     ("evaluation in dataset order (unsorted)", {"evaluation": {"sort_by_length": False}}),
-    ("evaluation batch 64 (the GPU rule: the largest that fits)", {"parallel": {"eval_batch_size": 64}}),
+    ("generation at the training micro-batch (not 8 rows)", {"parallel": {"eval_batch_size": "micro"}}),
     ("adamw_torch (not fused)", {"training": {"optim": "adamw_torch"}}),
     BEFORE_17,
 ]
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-steps", type=int, default=100, help="evaluate every N steps (default: two evaluations)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved runs per side")
     p.add_argument("--ablation-repeats", type=int, default=1, help="runs per ablation row (0: no ablations)")
     p.add_argument("--batch", type=int, default=8, help="global batch")
     p.add_argument("--logging-steps", type=int, default=50)

@@ -100,7 +100,7 @@ class ParallelConfig:
     deepspeed: bool | None = _f(None, "Train under DeepSpeed (default: only when ZeRO > 0 is needed; False: plain "
                                 "DDP/single process).")
     eval_batch_size: int | None = _f(None, "Per-rank batch of evaluation generation (default: on GPUs sized "
-                                     "for inference memory, on CPU the micro-batch).", min=1)
+                                     "for inference memory, on CPU 8 rows).", min=1)
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
     trace_memory: bool = _f(False, "Plan with activations traced on fake tensors (one step of the model class) "
                                    "instead of the formula alone (`dialsum plan --trace`).")

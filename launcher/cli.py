@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from engine.errors import UserError
+from engine.process_exit import exit_now
 
 # Subcommand modules, in the order `dialsum --help` lists them.
 COMMANDS = [
@@ -33,5 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script: `main`, then the process ends without Python's module teardown (engine.process_exit)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -18,8 +18,6 @@ from pathlib import Path
 GiB = 2**30
 DS_BUFFER_FACTOR = 1.5        # DeepSpeed's `additional_buffer_factor` for CPU memory
 CUDA_OVERHEAD = GiB           # CUDA context, cuBLAS workspace, NCCL buffers: outside the caching allocator
-# What a CPU rank imports before it holds any tensor: its RSS then is the rank's baseline (measured, see cpu_baseline_bytes)
-RANK_IMPORTS = "import deepspeed, engine.trainer; from transformers import Seq2SeqTrainer"
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
 
@@ -363,9 +361,9 @@ def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) 
 
 
 def cpu_baseline_bytes() -> int:
-    """Resident memory of a CPU rank before any tensor: a fresh interpreter's RSS after the rank's imports (python,
-    torch, transformers, deepspeed, the engine; ~0.37 GiB here). Measured once per set of library versions (~5 s) and
-    cached next to the model specs."""
+    """Peak RSS of a CPU rank besides its model: rank 0's imports, a gloo group, the first training step and beam
+    search of a 1-layer BART (launcher/rank_baseline.py; ~0.5 GiB here). Measured once per set of library versions
+    (~10 s) and cached next to the model specs."""
     import hashlib
     import json
     import subprocess
@@ -374,16 +372,18 @@ def cpu_baseline_bytes() -> int:
 
     from engine.atomic import atomic_write_text
 
-    versions = [sys.version, *(version(p) for p in ("torch", "transformers", "deepspeed"))]
-    path = spec_cache_dir().parent / f"cpu-baseline-{hashlib.sha256(repr(versions).encode()).hexdigest()[:16]}.json"
+    versions = [sys.version, *(version(p) for p in ("torch", "transformers", "deepspeed", "wandb"))]
+    key = hashlib.sha256(repr(versions).encode()).hexdigest()[:16]
+    path = spec_cache_dir().parent / f"cpu-rank-baseline-{key}.json"
     try:
         return int(json.loads(path.read_text())["rss_bytes"])
     except (OSError, ValueError, KeyError):
         pass
-    code = f"{RANK_IMPORTS}\nimport psutil\nprint(psutil.Process().memory_info().rss)"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-m", "launcher.rank_baseline"], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"measuring a CPU rank's baseline memory (python -m launcher.rank_baseline) failed: {tail}")
     rss = int(proc.stdout.split()[-1])
     atomic_write_text(path, json.dumps({"rss_bytes": rss, "versions": versions}))
     return rss
@@ -391,7 +391,7 @@ def cpu_baseline_bytes() -> int:
 
 # ---------------------------------------------------------------------------------------------------- traced activations
 
-TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 1-2 layer copies and scale
+TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 2-3 layer copies and scale
 
 
 def _layer_keys(hf_config) -> tuple[str, str]:
@@ -435,8 +435,10 @@ def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_leng
 def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int,
                             target_length: int, precision: str, checkpointing: bool, device: str = "cpu") -> int:
     """Activation bytes of one training step of the exact model class, traced on fake tensors. Models deeper than
-    TRACE_FULL_LAYERS are traced as 1-layer and 2-layer copies (encoder and decoder apart) and scaled per layer, which
-    keeps a 70B config to seconds."""
+    TRACE_FULL_LAYERS are traced as 2+2-layer copies with one more encoder or decoder layer and scaled per layer,
+    which keeps a 70B config to seconds. Not from 1-layer copies: a first layer is unlike the others (T5's relative
+    position bias lives in it) and a 1-layer model peaks elsewhere; T5-70B widths with checkpointing scaled from 1-layer
+    copies to 3.53 GiB, from 2-layer copies to 2.05 GiB, against 1.97 GiB traced whole (393 s)."""
     import copy
 
     enc_key, dec_key = _layer_keys(hf_config)
@@ -455,5 +457,5 @@ def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int,
             small.num_hidden_layers = e
         return _trace_once(small, raw_config, **kw)
 
-    base = trace(1, 1)
-    return base + (enc - 1) * (trace(2, 1) - base) + (dec - 1) * (trace(1, 2) - base)
+    base = trace(2, 2)
+    return base + (enc - 2) * (trace(3, 2) - base) + (dec - 2) * (trace(2, 3) - base)

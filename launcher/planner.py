@@ -367,8 +367,13 @@ def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int
     import dataclasses
     import time
 
+    import torch
+
     from launcher.memory_estimate import load_configs, traced_activation_bytes
 
+    if setting.device == "cuda" and not torch.backends.cuda.is_built():
+        raise UserError(f"--trace: a GPU plan traces CUDA kernels, and this torch ({torch.__version__}) has no CUDA "
+                        "build; plan without --trace (the formula) or where a CUDA build of torch is installed")
     hf_config, raw = load_configs(name)
     scale, rows = [1.0, 1.0], {}
     start = time.perf_counter()
@@ -520,6 +525,9 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
 # Choices that make a run faster without changing what it learns (issue 17). Each returns (value, reason).
 
 EVAL_BATCH_CAP = 64  # rows per rank and generation batch; past this, beams wait on ever more finished rows
+# On CPU the fastest generation batch measured (2/4/8/16 rows, 4 beams, 1 thread a rank; benchmarks/README.md):
+# below it per-token overhead is paid by few rows, above it finished beams keep computing longer.
+CPU_EVAL_BATCH = 8
 
 
 def choose_deepspeed(par: ParallelConfig, c: Candidate) -> tuple[bool, str]:
@@ -558,18 +566,23 @@ def _eval_batch(cfg: DialsumConfig, setting: Setting | None, c: Candidate, micro
         return pinned, f"{pinned}: pinned (parallel.eval_batch_size)"
     if setting is None or not setting.spec.has_architecture:
         return micro, f"{micro}: the training micro-batch (activations not modelled for this model)"
-    if setting.device == "cpu":  # benchmarks/README.md: an evaluation 11.5-12.2 s at batch 64, 7.9-10.2 s at 4
-        return micro, (f"{micro}: the training micro-batch: on CPU a generation batch costs in proportion to its rows, "
-                       "and a larger one keeps finished beams computing until its longest summary ends; batches "
-                       "sorted longest first, summaries restored to dataset order")
     beams, src = cfg.generation.num_beams, cfg.data.max_source_length
     tgt = cfg.generation.max_new_tokens + 1
     overhead = overhead_bytes(setting.spec, device=setting.device, stage=c.zero_stage, precision=setting.precision)
-    ladder = sorted({micro, *(micro << k for k in range(8) if micro << k <= EVAL_BATCH_CAP)}, reverse=True)
+    if setting.device == "cpu":
+        ladder = [CPU_EVAL_BATCH >> k for k in range(CPU_EVAL_BATCH.bit_length())]  # 8, 4, 2, 1
+    else:
+        ladder = sorted({micro, *(micro << k for k in range(8) if micro << k <= EVAL_BATCH_CAP)}, reverse=True)
     for b in ladder:
         need = model_states + overhead + generation_bytes(setting.spec, rows=b * beams, source_length=src,
                                                           target_length=tgt, precision=setting.precision,
                                                           device=setting.device)
+        if need <= setting.budget and setting.device == "cpu":
+            how = ("the fastest CPU generation batch measured: fewer rows pay the per-token overhead more often, more "
+                   "keep finished beams computing" if b == CPU_EVAL_BATCH else "the largest that fits, up to "
+                   f"{CPU_EVAL_BATCH}")
+            return b, (f"{b}: {how}; {b} x {beams} beams need {gib(need)} of the {gib(setting.budget)} budget; "
+                       "batches sorted longest first, summaries restored to dataset order")
         if need <= setting.budget:
             how = "the cap" if b >= EVAL_BATCH_CAP else "the largest power-of-two multiple of the micro-batch that fits"
             return b, (f"{b}: no gradients or backward activations in generation; {b} x {beams} beams need "

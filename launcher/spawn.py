@@ -57,7 +57,7 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
         min_nodes=plan.nnodes, max_nodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
         run_id=f"dialsum-{plan.run_id}",  # the same on every node: the key their rendezvous meets under
         rdzv_backend=backend, rdzv_endpoint=endpoint,
-        rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn",
+        rdzv_configs=rdzv_configs, max_restarts=max_restarts, monitor_interval=0.1, start_method="spawn",
         signals_to_handle=FORWARDED_SIGNALS, shutdown_timeout=SHUTDOWN_GRACE_S,
         logs_specs=_logs_specs(plan_path.parent / "logs", plan.nproc_per_node, verbose),
     )

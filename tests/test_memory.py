@@ -253,7 +253,7 @@ def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
 
 
 def test_deep_models_are_traced_as_scaled_layer_copies():
-    """Beyond TRACE_FULL_LAYERS the trace runs 1-2 layer copies (seconds for a 7B config) and scales per layer."""
+    """Beyond TRACE_FULL_LAYERS the trace runs 2-3 layer copies (seconds for a 7B config) and scales per layer."""
     from launcher.memory_estimate import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
 
     hf_config, raw = load_configs(BART_7B)

@@ -16,7 +16,7 @@ from launcher.cli import main
 from launcher.ds_config import check_deepspeed_config, load_template, render_deepspeed_config
 from launcher.memory_estimate import model_state_bytes, bare_spec
 from engine.plan import Plan
-from launcher.planner import make_plan
+from launcher.planner import CPU_EVAL_BATCH, make_plan
 from launcher.topology import GPUInfo, Topology, load_topology
 
 FIXTURES = Path(__file__).parent / "fixtures" / "topologies"
@@ -399,9 +399,25 @@ def test_cpu_rank_baseline_is_measured_not_a_constant(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     rss = cpu_baseline_bytes()
     assert 150 * 2**20 < rss < 2 * 2**30 and rss != 2**30
-    cached = list((tmp_path / "dialsum").glob("cpu-baseline-*.json"))
+    cached = list((tmp_path / "dialsum").glob("cpu-rank-baseline-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["rss_bytes"] == rss
     assert overhead_bytes(bare_spec(1), device="cpu", stage=0, precision="fp32") == rss
+
+
+def test_trace_of_a_gpu_plan_without_cuda_torch_is_one_line(models, tmp_path, capsys):
+    """Planning a GPU box from a laptop with --trace: the CUDA kernels cannot be traced on a CPU build of torch; one
+    line naming the flag, exit 2, no traceback (the formula plan still works)."""
+    import torch
+
+    if torch.backends.cuda.is_built():
+        pytest.skip("this torch can trace CUDA kernels")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  name_or_path: {models['bart-base']}\ntraining:\n  global_batch_size: 8\n")
+    args = ["plan", str(path), "--topology-file", str(FIXTURES / "a100x8-nvlink.yaml")]
+    assert main([*args, "--trace"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dialsum: error: --trace:") and err.count("\n") == 1 and "Traceback" not in err
+    assert main(args) == 0
 
 
 def test_plan_cli_trace_plans_with_the_traced_activations(models, tmp_path, capsys):
@@ -436,15 +452,15 @@ def _plan_with(model: str, topology: str, *, nproc: int | None = None, training:
 
 
 def test_speed_choices_on_cpu_ranks(models):
-    """Issue 17: plain DDP when ZeRO-0 fits, length-grouped training, generation at the micro-batch (on CPU a larger
-    batch only keeps finished beams computing), fused AdamW, no loader workers when every core computes; each with its
-    reason, carried to the ranks by the Plan."""
+    """Issue 17: plain DDP when ZeRO-0 fits, length-grouped training, generation 8 rows at a time (the fastest CPU
+    batch measured), fused AdamW, no loader workers when every core computes; each with its reason, carried to the
+    ranks by the Plan."""
     plan = _plan_with(models["bart-base"], "cpu-only", nproc=2)
     assert_consistent(plan)
     assert (plan.zero_stage, plan.use_deepspeed, plan.deepspeed_config) == (0, False, None)
     assert "ZeRO-0 needs no partitioning" in plan.reasons["deepspeed"]
     assert plan.group_by_length and "LengthGroupedSampler" in plan.reasons["group_by_length"]
-    assert plan.eval_batch_size == plan.micro_batch_size and "finished beams" in plan.reasons["eval_batch_size"]
+    assert plan.eval_batch_size == CPU_EVAL_BATCH == 8 and "fastest CPU generation batch" in plan.reasons["eval_batch_size"]
     assert plan.optim == "adamw_torch_fused" and plan.dataloader_num_workers == 0
     assert "every core computes" in plan.reasons["dataloader_num_workers"]
     back = Plan.from_json(plan.to_json())
@@ -457,6 +473,20 @@ def test_speed_choices_on_cpu_ranks(models):
         False, 3, "adamw_torch", 1)
     assert all("pinned" in pinned.reasons[k] for k in ("deepspeed", "group_by_length", "eval_batch_size", "optim",
                                                        "dataloader_num_workers"))
+
+
+def test_cpu_generation_batch_shrinks_to_what_fits(models, monkeypatch):
+    """When 8 rows of beams do not fit a CPU rank's budget, the largest power of two below that does."""
+    from launcher import planner
+
+    real = planner.generation_bytes
+
+    def over_budget_beyond_two_rows(spec, *, rows, **kw):  # 4 beams: 2 rows = 8 sequences
+        return real(spec, rows=rows, **kw) + (2**50 if rows > 8 else 0)
+
+    monkeypatch.setattr(planner, "generation_bytes", over_budget_beyond_two_rows)
+    plan = _plan_with(models["bart-base"], "cpu-only", nproc=2)
+    assert plan.eval_batch_size == 2 and "the largest that fits, up to 8" in plan.reasons["eval_batch_size"]
 
 
 def test_deepspeed_only_when_memory_needs_zero_and_eval_batch_fits_the_gpu(models):

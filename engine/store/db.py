@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -315,6 +316,9 @@ def open_store(uri: str, *, create: bool = True) -> Store:
         raise UserError(f"tracking store URI {display_uri(uri)!r}: backend {url.get_backend_name()!r} is not "
                         "supported (expected sqlite or postgresql)")
     store = Store(engine, uri)
+    # closed when the store is dropped or the process exits (the entry points' exit_now runs this too): SQLite folds
+    # its write-ahead log back into the database file when the last connection closes
+    weakref.finalize(store, engine.pool.dispose)
     try:
         _migrate(store)
     except DBAPIError as exc:
