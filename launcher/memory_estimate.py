@@ -362,7 +362,7 @@ def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) 
 
 def cpu_baseline_bytes() -> int:
     """Peak RSS of a CPU rank besides its model: rank 0's imports, a gloo group, the first training step and beam
-    search of a 1-layer BART (launcher/rank_baseline.py; ~0.5 GiB here). Measured once per set of library versions
+    search of a 1-layer BART (launcher/rank_baseline.py; 0.42 GiB here). Measured once per set of library versions
     (~10 s) and cached next to the model specs."""
     import hashlib
     import json
