@@ -577,17 +577,18 @@ def _eval_batch(cfg: DialsumConfig, setting: Setting | None, c: Candidate, micro
         need = model_states + overhead + generation_bytes(setting.spec, rows=b * beams, source_length=src,
                                                           target_length=tgt, precision=setting.precision,
                                                           device=setting.device)
-        if need <= setting.budget and setting.device == "cpu":
+        if need > setting.budget:
+            continue
+        if setting.device == "cpu":
             how = ("the fastest CPU generation batch measured: fewer rows pay the per-token overhead more often, more "
                    "keep finished beams computing" if b == CPU_EVAL_BATCH else "the largest that fits, up to "
                    f"{CPU_EVAL_BATCH}")
             return b, (f"{b}: {how}; {b} x {beams} beams need {gib(need)} of the {gib(setting.budget)} budget; "
                        "batches sorted longest first, summaries restored to dataset order")
-        if need <= setting.budget:
-            how = "the cap" if b >= EVAL_BATCH_CAP else "the largest power-of-two multiple of the micro-batch that fits"
-            return b, (f"{b}: no gradients or backward activations in generation; {b} x {beams} beams need "
-                       f"{gib(need)} of the {gib(setting.budget)} budget with the training states kept ({how}); "
-                       "batches sorted longest first, summaries restored to dataset order")
+        how = "the cap" if b >= EVAL_BATCH_CAP else "the largest power-of-two multiple of the micro-batch that fits"
+        return b, (f"{b}: no gradients or backward activations in generation; {b} x {beams} beams need "
+                   f"{gib(need)} of the {gib(setting.budget)} budget with the training states kept ({how}); "
+                   "batches sorted longest first, summaries restored to dataset order")
     return micro, f"{micro}: the training micro-batch (larger generation batches do not fit)"
 
 

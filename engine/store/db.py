@@ -203,6 +203,10 @@ class Store:
         self.uri = display_uri(uri)
         self.is_postgres = engine.dialect.name == "postgresql"
         self._write_engine = engine.execution_options(dialsum_write=True)
+        # Closed by close(), when the store is dropped, or at exit (the entry points' exit_now runs this too). Engines
+        # sit in reference cycles, so without it a dropped store's connection stayed open until a later collection;
+        # SQLite folds its write-ahead log back into the database file when the last connection closes.
+        self._dispose = weakref.finalize(self, engine.dispose)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -235,7 +239,7 @@ class Store:
         return (postgresql.insert if self.is_postgres else sqlite.insert)(table)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._dispose()
 
     def __enter__(self) -> "Store":
         return self
@@ -316,9 +320,6 @@ def open_store(uri: str, *, create: bool = True) -> Store:
         raise UserError(f"tracking store URI {display_uri(uri)!r}: backend {url.get_backend_name()!r} is not "
                         "supported (expected sqlite or postgresql)")
     store = Store(engine, uri)
-    # closed when the store is dropped or the process exits (the entry points' exit_now runs this too): SQLite folds
-    # its write-ahead log back into the database file when the last connection closes
-    weakref.finalize(store, engine.pool.dispose)
     try:
         _migrate(store)
     except DBAPIError as exc:
