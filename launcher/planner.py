@@ -369,7 +369,8 @@ def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int
 
     import torch
 
-    from launcher.memory_estimate import load_configs, traced_activation_bytes
+    from launcher.memory_estimate import load_configs
+    from launcher.memory_trace import traced_activation_bytes
 
     if setting.device == "cuda" and not torch.backends.cuda.is_built():
         raise UserError(f"--trace: a GPU plan traces CUDA kernels, and this torch ({torch.__version__}) has no CUDA "

@@ -88,3 +88,9 @@ def test_vs_plain_ddp_bench_runs_both_sides_and_an_ablation(tmp_path):
         assert 0.0 <= float(row[7]) <= 3.0, row  # final dev ROUGE (sum of three F1) was measured on every run
     assert "target met" in out or "TARGET MISSED" in out
     assert "group_by_length" in out and "eval_batch_size" in out  # dialsum's plan is printed with the table
+
+
+def test_cpu_rank_peak_bench_runs_both_settings():
+    rows = table_rows(run_bench("bench_cpu_rank_peak.py"))
+    assert [r[0].startswith("oneDNN cache") for r in rows] == [True, False]
+    assert all(float(r[2]) > 100 and float(r[3]) >= float(r[2]) for r in rows), rows   # MiB: a process with torch

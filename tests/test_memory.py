@@ -242,7 +242,8 @@ def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
     the activation memory the benchmark measured on this CPU for the same case."""
     import json
 
-    from launcher.memory_estimate import load_configs, traced_activation_bytes
+    from launcher.memory_estimate import load_configs
+    from launcher.memory_trace import traced_activation_bytes
 
     measured = json.loads((repo_root / "benchmarks" / "results" / "activation_memory_cpu.json").read_text())
     measured = measured["bart-base|512/128|mb4|ckpt off|fp32"]["measured_bytes"]
@@ -254,7 +255,8 @@ def test_trace_agrees_with_the_recorded_measurement_of_bart_base(repo_root):
 
 def test_deep_models_are_traced_as_scaled_layer_copies():
     """Beyond TRACE_FULL_LAYERS the trace runs 2-3 layer copies (seconds for a 7B config) and scales per layer."""
-    from launcher.memory_estimate import TRACE_FULL_LAYERS, load_configs, traced_activation_bytes
+    from launcher.memory_estimate import load_configs
+    from launcher.memory_trace import TRACE_FULL_LAYERS, traced_activation_bytes
 
     hf_config, raw = load_configs(BART_7B)
     assert BART_7B["encoder_layers"] + BART_7B["decoder_layers"] > TRACE_FULL_LAYERS
@@ -262,3 +264,48 @@ def test_deep_models_are_traced_as_scaled_layer_copies():
     traced = traced_activation_bytes(hf_config, raw, **kw)
     formula = activation_bytes(model_spec(BART_7B), device="cpu", **kw)
     assert traced == pytest.approx(formula, rel=0.25)
+
+
+@pytest.mark.parametrize("model_type", ["bart", "t5"])
+def test_peak_counter_agrees_with_torch_mem_tracker(model_type):
+    """PeakBytes counts the peak that torch's MemTracker counts, without the per-module statistics MemTracker updates
+    at every operator: one fake training step of a small model, counted by both, with and without checkpointing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from launcher.memory_estimate import build_model, load_configs
+    from launcher.memory_trace import PeakBytes
+
+    sizes = (dict(model_type="bart", d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, vocab_size=1000)
+             if model_type == "bart" else
+             dict(model_type="t5", d_model=128, d_ff=512, num_layers=2, num_heads=4, d_kv=32, vocab_size=1000,
+                  feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    hf_config, raw = load_configs(sizes)
+    for checkpointing in (False, True):
+        peaks = []
+        for counter in ("PeakBytes", "MemTracker"):
+            with FakeTensorMode(), torch.device("cpu"):
+                model = build_model(hf_config, raw)
+                if checkpointing:
+                    model.gradient_checkpointing_enable()
+                model.train()
+                for p in model.parameters():
+                    p.grad = torch.zeros_like(p)
+                batch = {"input_ids": torch.randint(4, 1000, (2, 64)), "labels": torch.randint(4, 1000, (2, 16)),
+                         "decoder_input_ids": torch.randint(4, 1000, (2, 16))}
+                if counter == "PeakBytes":
+                    known = [*model.parameters(), *(p.grad for p in model.parameters()), *model.buffers(),
+                             *batch.values()]
+                    with PeakBytes(known) as peak:
+                        model(**batch).loss.backward()
+                    peaks.append(peak.peak)
+                else:
+                    tracker = MemTracker()
+                    tracker.track_external(model)
+                    with tracker:
+                        start = sum(s["Total"] for s in tracker.get_tracker_snapshot().values())
+                        model(**batch).loss.backward()
+                        peaks.append(sum(s["Total"] for s in tracker.get_tracker_snapshot("peak").values()) - start)
+        assert peaks[0] == pytest.approx(peaks[1], rel=0.01), (checkpointing, peaks)
+        assert peaks[0] > 2 * 64 * 128 * 4 * 4   # at least the encoder's layer inputs were counted
