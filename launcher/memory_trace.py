@@ -48,31 +48,40 @@ class PeakBytes(TorchDispatchMode):
         return out
 
 
-def _trace_once(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
-                precision: str, checkpointing: bool, device: str) -> int:
+def fake_training_step(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
+                       precision: str, checkpointing: bool, device: str) -> tuple:
+    """(model, batch, known tensors) for one training step, built under the caller's FakeTensorMode: the model as
+    `from_pretrained` builds it, in training mode, with gradients present as after a warm-up step (backward accumulates
+    into them); `known` are the tensors that exist before the step (PeakBytes ignores their storages)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model = build_model(hf_config, raw_config, device, dtype)
+    if checkpointing:   # the new name from transformers 5.x on; the old one warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    vocab = hf_config.vocab_size
+    batch = {"input_ids": torch.randint(4, vocab, (micro_batch, source_length)),
+             "attention_mask": torch.ones(micro_batch, source_length, dtype=torch.long),
+             "labels": torch.randint(4, vocab, (micro_batch, target_length)),
+             "decoder_input_ids": torch.randint(4, vocab, (micro_batch, target_length))}  # no start-token lookup
+    known = [*model.parameters(), *(p.grad for p in model.parameters()), *model.buffers(), *batch.values()]
+    return model, batch, known
+
+
+def _trace_once(hf_config, raw_config: Mapping, **step) -> int:
     """Peak bytes one training step allocates beyond the weights and the gradients that a warm-up step left, traced
-    on fake tensors: SDPA picks its fused or math path as it would on `device`; fake CUDA tensors need a CUDA build
-    of torch. The model is called as the Trainer calls it (T5's decoder then keeps its cache without checkpointing)."""
+    on fake tensors: SDPA picks its fused or math path as it would on `step["device"]`; fake CUDA tensors need a CUDA
+    build of torch. The model is called as the Trainer calls it (T5's decoder then keeps its cache without
+    checkpointing)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # "use_cache=True is incompatible with gradient checkpointing": the ranks' concern
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device):
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-            model = build_model(hf_config, raw_config, device, dtype)
-            if checkpointing:   # the new name from transformers 5.x on; the old one warns
-                getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-            model.train()
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p)   # as after a warm-up step: backward accumulates into existing gradients
-            vocab = hf_config.vocab_size
-            batch = {"input_ids": torch.randint(4, vocab, (micro_batch, source_length)),
-                     "attention_mask": torch.ones(micro_batch, source_length, dtype=torch.long),
-                     "labels": torch.randint(4, vocab, (micro_batch, target_length)),
-                     "decoder_input_ids": torch.randint(4, vocab, (micro_batch, target_length))}  # no start-token lookup
-            known = [*model.parameters(), *(p.grad for p in model.parameters()), *model.buffers(), *batch.values()]
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.device(step["device"]):
+            model, batch, known = fake_training_step(hf_config, raw_config, **step)
             with PeakBytes(known) as counter:
                 model(**batch).loss.backward()
     finally:

@@ -273,8 +273,8 @@ def test_peak_counter_agrees_with_torch_mem_tracker(model_type):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from launcher.memory_estimate import build_model, load_configs
-    from launcher.memory_trace import PeakBytes
+    from launcher.memory_estimate import load_configs
+    from launcher.memory_trace import PeakBytes, fake_training_step
 
     sizes = (dict(model_type="bart", d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, vocab_size=1000)
@@ -286,17 +286,10 @@ def test_peak_counter_agrees_with_torch_mem_tracker(model_type):
         peaks = []
         for counter in ("PeakBytes", "MemTracker"):
             with FakeTensorMode(), torch.device("cpu"):
-                model = build_model(hf_config, raw)
-                if checkpointing:
-                    model.gradient_checkpointing_enable()
-                model.train()
-                for p in model.parameters():
-                    p.grad = torch.zeros_like(p)
-                batch = {"input_ids": torch.randint(4, 1000, (2, 64)), "labels": torch.randint(4, 1000, (2, 16)),
-                         "decoder_input_ids": torch.randint(4, 1000, (2, 16))}
+                model, batch, known = fake_training_step(hf_config, raw, micro_batch=2, source_length=64,
+                                                         target_length=16, precision="fp32",
+                                                         checkpointing=checkpointing, device="cpu")
                 if counter == "PeakBytes":
-                    known = [*model.parameters(), *(p.grad for p in model.parameters()), *model.buffers(),
-                             *batch.values()]
                     with PeakBytes(known) as peak:
                         model(**batch).loss.backward()
                     peaks.append(peak.peak)
