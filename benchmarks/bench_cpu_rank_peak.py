@@ -1,10 +1,12 @@
-"""A CPU rank's memory over many steps of varying length, with and without oneDNN's primitive cache.
+"""A CPU rank's memory over many steps of varying length: batch lengths as they come, padded to multiples of 8 (the
+plan's default), and without oneDNN's primitive cache.
 
 The planner predicts a rank's peak from its first step (baseline + model states + activations). In fp32 CPU training
 GELU runs through oneDNN, whose primitive cache keeps a JIT kernel per input shape (up to 1024 of them), so a run whose
 batches vary in length keeps growing. Each setting runs in a fresh subprocess: the demo's mini BART (the shipped
 pre-trained one), one thread, fused AdamW, batch 4 at random lengths (seeded, the same for every setting); printed:
-peak RSS after the first step and after the last, and the median step time. Settings interleave across repeats.
+peak RSS after the first step and after the last, the median step time and the total time of the steps (padding
+computes more tokens; new shapes cost kernel compilation). Settings interleave across repeats.
 
     python benchmarks/bench_cpu_rank_peak.py                 # 150 steps, 2 repeats
     python benchmarks/bench_cpu_rank_peak.py --steps 300 --repeats 3
@@ -19,11 +21,13 @@ import sys
 from common import REPO_ROOT, bench_env, median, print_report
 
 MODEL = REPO_ROOT / "data" / "mini-bart-pretrained"
-SETTINGS = {"oneDNN cache (default, 1024 kernels)": {},
-            "no oneDNN cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0)": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}}
+# name -> (environment, batch lengths rounded up to a multiple of)
+SETTINGS = {"lengths as they come": ({}, 1),
+            "padded to multiples of 8 (data.pad_to_multiple_of)": ({}, 8),
+            "no oneDNN cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0)": ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}, 1)}
 
 
-def measure(steps: int, max_source: int, max_target: int) -> dict:
+def measure(steps: int, max_source: int, max_target: int, multiple: int) -> dict:
     """Runs in the child."""
     import random
     import resource
@@ -43,6 +47,7 @@ def measure(steps: int, max_source: int, max_target: int) -> dict:
     times = []
     for step in range(steps):
         source, target = random.randint(max_source // 8, max_source), random.randint(max_target // 8, max_target)
+        source, target = -(-source // multiple) * multiple, -(-target // multiple) * multiple
         start = time.perf_counter()
         model(input_ids=torch.randint(5, vocab, (4, source)), labels=torch.randint(5, vocab, (4, target))).loss.backward()
         optimizer.step()
@@ -50,7 +55,7 @@ def measure(steps: int, max_source: int, max_target: int) -> dict:
         times.append(time.perf_counter() - start)
         if step in (0, steps - 1):
             peak_mib.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
-    return {"first_mib": peak_mib[0], "last_mib": peak_mib[-1], "step_s": median(times[1:])}
+    return {"first_mib": peak_mib[0], "last_mib": peak_mib[-1], "step_s": median(times[1:]), "total_s": sum(times)}
 
 
 def main() -> None:
@@ -60,31 +65,32 @@ def main() -> None:
     parser.add_argument("--max-source", type=int, default=512)
     parser.add_argument("--max-target", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="8 steps, 1 repeat, 128/32 tokens (the smoke test)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, default=0, metavar="MULTIPLE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.repeats, args.max_source, args.max_target = 8, 1, 128, 32
     if args.child:
-        print(json.dumps(measure(args.steps, args.max_source, args.max_target)))
+        print(json.dumps(measure(args.steps, args.max_source, args.max_target, args.child)))
         return
     results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
-    child = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--max-source", str(args.max_source),
-             "--max-target", str(args.max_target)]
+    child = [sys.executable, __file__, "--steps", str(args.steps), "--max-source", str(args.max_source),
+             "--max-target", str(args.max_target), "--child"]
     for _ in range(args.repeats):
-        for name, env in SETTINGS.items():
-            proc = subprocess.run(child, env=bench_env(env), capture_output=True, text=True, timeout=1800, check=True)
+        for name, (env, multiple) in SETTINGS.items():
+            proc = subprocess.run([*child, str(multiple)], env=bench_env(env), capture_output=True, text=True,
+                                  timeout=1800, check=True)
             results[name].append(json.loads(proc.stdout.splitlines()[-1]))
-    anchor = median([r["step_s"] for r in results[next(iter(SETTINGS))]])
+    anchor = median([r["total_s"] for r in results[next(iter(SETTINGS))]])
     rows = []
     for name, runs in results.items():
         first, last = median([r["first_mib"] for r in runs]), median([r["last_mib"] for r in runs])
-        step = median([r["step_s"] for r in runs])
+        step, total = median([r["step_s"] for r in runs]), median([r["total_s"] for r in runs])
         rows.append([name, len(runs), f"{first:.0f}", f"{last:.0f}", f"{last - first:+.0f}", f"{step * 1e3:.1f}",
-                     f"{step / anchor:.2f}x"])
+                     f"{total:.1f}", f"{total / anchor:.2f}x"])
     print_report(f"CPU rank peak RSS over {args.steps} steps at random lengths (up to {args.max_source}/"
                  f"{args.max_target} tokens, batch 4)",
                  ["setting", "runs", "peak after step 1 (MiB)", f"peak after step {args.steps} (MiB)", "growth (MiB)",
-                  "median step (ms)", "step time vs default"], rows,
+                  "median step (ms)", "all steps (s)", "time vs lengths as they come"], rows,
                  notes=["medians over the runs; the same seeded lengths for every setting"])
 
 

@@ -26,6 +26,7 @@ METRIC = "eval_rouge_combined_f1"
 # dialsum before issue 17: DeepSpeed ZeRO-0, random batches, generation in dataset order at the micro-batch, adamw_torch
 BEFORE_17 = ("all of the above: dialsum before issue 17",
              {"parallel": {"deepspeed": True, "zero_stage": 0, "eval_batch_size": "micro"},
+              "data": {"pad_to_multiple_of": 1},
               "training": {"group_by_length": False, "optim": "adamw_torch"},
               "evaluation": {"sort_by_length": False}})
 # (row label, config overrides that turn the choice off); the first row is dialsum's own plan
@@ -35,6 +36,7 @@ ABLATIONS = [
     ("evaluation in dataset order (unsorted)", {"evaluation": {"sort_by_length": False}}),
     ("generation at the training micro-batch (not 8 rows)", {"parallel": {"eval_batch_size": "micro"}}),
     ("adamw_torch (not fused)", {"training": {"optim": "adamw_torch"}}),
+    ("batch lengths as they come (not padded to multiples of 8)", {"data": {"pad_to_multiple_of": 1}}),
     BEFORE_17,
 ]
 

@@ -47,6 +47,7 @@ ALIASES: dict[str, str] = {
     "early_stopping_patience": "training.early_stopping_patience",
     "early_stopping_threshold": "training.early_stopping_threshold",
     "dataloader_num_workers": "training.dataloader_num_workers",
+    "per_device_eval_batch_size": "parallel.eval_batch_size",
     "gradient_checkpointing": "parallel.gradient_checkpointing",
     "seed": "experiment.seed",
     "generation_num_beams": "generation.num_beams",
@@ -67,6 +68,7 @@ ALIASES: dict[str, str] = {
     "train_file": "data.train_file",
     "validation_file": "data.eval_file",
     "test_file": "data.test_file",
+    "pad_to_multiple_of": "data.pad_to_multiple_of",  # DataCollatorForSeq2Seq's argument
     # the seed's competition baseline config (tokenizer.encoder_max_len, ...), flat
     "encoder_max_len": "data.max_source_length",
     "decoder_max_len": "data.max_target_length",
@@ -87,7 +89,8 @@ REFUSED: dict[str, str] = {
     "bf16": "precision is one key: use parallel.precision (auto, fp32, bf16, fp16)",
     "deepspeed": "the planner renders the DeepSpeed config; pin parallel.zero_stage or parallel.offload_* instead",
     "output_dir": "runs are written under experiment.output_root/runs/<run id>",
-    "per_device_eval_batch_size": "evaluation uses the planned micro-batch",
+    "pad_to_max_length": "batches pad to their longest row, rounded up to data.pad_to_multiple_of; padding every "
+                         "batch to the max length only adds compute",
 }
 
 METRIC_ALIASES: dict[str, str] = {

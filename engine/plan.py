@@ -66,6 +66,7 @@ class Plan:
     eval_batch_size: int = 0         # per rank, per generation batch (0: the micro-batch)
     optim: str = "adamw_torch"       # transformers optimizer name
     dataloader_num_workers: int = 0  # per rank
+    pad_to_multiple_of: int = 1      # batch lengths rounded up to a multiple of this (1: longest in the batch)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

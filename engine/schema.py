@@ -41,6 +41,8 @@ class DataConfig:
     test_file: str = _f("", "Optional test dialogues (fname, dialogue) to predict after training.")
     max_source_length: int = _f(512, "Dialogue tokens kept (truncation).", min=8)
     max_target_length: int = _f(128, "Summary tokens kept (truncation).", min=4)
+    pad_to_multiple_of: int | None = _f(None, "Pad each batch's dialogues and summaries to a multiple of this many "
+                                        "tokens (default: 8 where it divides both max lengths; 1: off).", min=1)
     source_prefix: str = _f("", "Text prepended to every dialogue (e.g. 'summarize: ' for T5).")
     max_train_samples: int | None = _f(None, "Use only the first N training rows.", min=1)
     max_eval_samples: int | None = _f(None, "Use only the first N evaluation rows.", min=1)

@@ -170,6 +170,11 @@ class DialogueSummarizationTrainer:
             save_only_model=False,
         )
 
+    def _data_collator(self) -> DataCollatorForSeq2Seq:
+        """Pads a batch to its longest row rounded up to the plan's multiple; labels pad with -100 (no loss)."""
+        return DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100,
+                                      pad_to_multiple_of=self.plan.pad_to_multiple_of)
+
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
         result = TrainResult(run_id=plan.run_id)
@@ -214,7 +219,7 @@ class DialogueSummarizationTrainer:
             trainer = OOMBackoffTrainer(
                 model=self.model, args=self._training_arguments(len(datasets.eval)), train_dataset=datasets.train,
                 eval_dataset=eval_set, processing_class=self.tokenizer,
-                data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
+                data_collator=self._data_collator(),
                 compute_metrics=compute_metrics, callbacks=callbacks, recorder=recorder,
             )
             self._train_or_resume(trainer, recorder)

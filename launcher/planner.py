@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from dataclasses import dataclass
 
@@ -358,7 +359,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
         reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict(),
         group_by_length=speed.group_by_length, eval_batch_size=speed.eval_batch_size, optim=speed.optim,
-        dataloader_num_workers=speed.dataloader_num_workers)
+        dataloader_num_workers=speed.dataloader_num_workers, pad_to_multiple_of=speed.pad_to_multiple_of)
 
 
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
@@ -523,12 +524,15 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
 
 
 # ---------------------------------------------------------------------------------------------------- speed
-# Choices that make a run faster without changing what it learns (issue 17). Each returns (value, reason).
+# Choices that change how a run computes, not what it learns (issue 17). Each returns (value, reason).
 
 EVAL_BATCH_CAP = 64  # rows per rank and generation batch; past this, beams wait on ever more finished rows
 # On CPU the fastest generation batch measured (2/4/8/16 rows, 4 beams, 1 thread a rank; benchmarks/README.md):
 # below it per-token overhead is paid by few rows, above it finished beams keep computing longer.
 CPU_EVAL_BATCH = 8
+# Batch lengths rounded up to a multiple of this: 1/8 as many shapes a run. On CPU oneDNN compiles and keeps a kernel
+# per shape, and a rank's memory grows with them (benchmarks/bench_cpu_rank_peak.py); tensor cores take multiples of 8.
+PAD_MULTIPLE = 8
 
 
 def choose_deepspeed(par: ParallelConfig, c: Candidate) -> tuple[bool, str]:
@@ -549,6 +553,7 @@ class SpeedChoices:
     eval_batch_size: int
     optim: str
     dataloader_num_workers: int
+    pad_to_multiple_of: int
     reasons: dict
 
 
@@ -593,6 +598,24 @@ def _eval_batch(cfg: DialsumConfig, setting: Setting | None, c: Candidate, micro
     return micro, f"{micro}: the training micro-batch (larger generation batches do not fit)"
 
 
+def _pad_multiple(cfg: DialsumConfig) -> tuple[int, str]:
+    """Never past the lengths the memory plan is for: a multiple that divides both max lengths."""
+    d = cfg.data
+    lengths = f"data.max_source_length {d.max_source_length} and data.max_target_length {d.max_target_length}"
+    if d.pad_to_multiple_of is not None:
+        if d.max_source_length % d.pad_to_multiple_of or d.max_target_length % d.pad_to_multiple_of:
+            raise UserError(f"data.pad_to_multiple_of: {d.pad_to_multiple_of} does not divide {lengths}; padding "
+                            "would pass the lengths memory is planned for (use a divisor of both, or 1 for off)")
+        return d.pad_to_multiple_of, f"{d.pad_to_multiple_of}: pinned (data.pad_to_multiple_of)"
+    multiple = math.gcd(PAD_MULTIPLE, d.max_source_length, d.max_target_length)
+    if multiple == 1:
+        return 1, f"1 (off): no multiple of 2 divides both {lengths}, and padding must not pass them"
+    fits = "" if multiple == PAD_MULTIPLE else f" (the largest divisor of {PAD_MULTIPLE} that divides {lengths})"
+    return multiple, (f"{multiple}{fits}: batch lengths rounded up to a multiple of {multiple}, so a run meets "
+                      f"1/{multiple} as many shapes (on CPU oneDNN keeps a kernel per shape and a rank's memory grows "
+                      "with them; tensor cores take multiples of 8); pads are masked out of attention and loss")
+
+
 def _workers(pinned: int | None, device: str, topology: Topology, nproc: int) -> tuple[int, str]:
     if pinned is not None:
         return pinned, f"{pinned}: pinned (training.dataloader_num_workers)"
@@ -607,7 +630,7 @@ def _workers(pinned: int | None, device: str, topology: Topology, nproc: int) ->
 def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro: int, nproc: int,
                   setting: Setting | None, model_states: int) -> SpeedChoices:
     """Length-grouped training batches, generation batches sized for inference memory, the fused AdamW, loader
-    workers from the cores left per rank."""
+    workers from the cores left per rank, batch lengths padded to a multiple of 8."""
     t = cfg.training
     device = "cuda" if topology.gpus else "cpu"
     group = t.group_by_length is not False
@@ -625,6 +648,7 @@ def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro
     else:
         optim, optim_reason = "adamw_torch", "adamw_torch: no fused AdamW before torch 2.8"
     workers, workers_reason = _workers(t.dataloader_num_workers, device, topology, nproc)
-    return SpeedChoices(group, eval_batch, optim, workers,
+    pad, pad_reason = _pad_multiple(cfg)
+    return SpeedChoices(group, eval_batch, optim, workers, pad,
                         {"group_by_length": group_reason, "eval_batch_size": eval_reason, "optim": optim_reason,
-                         "dataloader_num_workers": workers_reason})
+                         "dataloader_num_workers": workers_reason, "pad_to_multiple_of": pad_reason})

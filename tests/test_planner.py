@@ -463,6 +463,7 @@ def test_speed_choices_on_cpu_ranks(models):
     assert plan.eval_batch_size == CPU_EVAL_BATCH == 8 and "fastest CPU generation batch" in plan.reasons["eval_batch_size"]
     assert plan.optim == "adamw_torch_fused" and plan.dataloader_num_workers == 0
     assert "every core computes" in plan.reasons["dataloader_num_workers"]
+    assert plan.pad_to_multiple_of == 8 and "oneDNN keeps a kernel per shape" in plan.reasons["pad_to_multiple_of"]
     back = Plan.from_json(plan.to_json())
     assert (back.group_by_length, back.eval_batch_size, back.optim) == (True, plan.eval_batch_size, "adamw_torch_fused")
 
@@ -473,6 +474,27 @@ def test_speed_choices_on_cpu_ranks(models):
         False, 3, "adamw_torch", 1)
     assert all("pinned" in pinned.reasons[k] for k in ("deepspeed", "group_by_length", "eval_batch_size", "optim",
                                                        "dataloader_num_workers"))
+
+
+@pytest.mark.parametrize("source, target, pinned, multiple", [(512, 128, None, 8), (500, 128, None, 4),
+                                                             (129, 33, None, 1), (512, 128, 64, 64), (512, 128, 1, 1)])
+def test_batch_padding_never_passes_the_planned_lengths(models, source, target, pinned, multiple):
+    """Batches pad to a multiple of 8 where 8 divides both max lengths, else to the largest divisor of 8 that does
+    (memory is planned at the max lengths); a pin is honoured."""
+    cfg = DialsumConfig()
+    cfg.model.name_or_path = models["bart-base"]
+    cfg.data.max_source_length, cfg.data.max_target_length, cfg.data.pad_to_multiple_of = source, target, pinned
+    plan = make_plan(LoadedConfig(config=cfg, sources={}), topo("cpu-only"), run_id="r1")
+    assert plan.pad_to_multiple_of == multiple
+    assert ("pinned" in plan.reasons["pad_to_multiple_of"]) == (pinned is not None)
+
+
+def test_a_pinned_padding_multiple_that_passes_the_lengths_is_a_user_error(models):
+    cfg = DialsumConfig()
+    cfg.model.name_or_path = models["bart-base"]
+    cfg.data.max_target_length, cfg.data.pad_to_multiple_of = 100, 8
+    with pytest.raises(UserError, match=r"^data.pad_to_multiple_of: 8 does not divide .*max_target_length 100"):
+        make_plan(LoadedConfig(config=cfg, sources={}), topo("cpu-only"), run_id="r1")
 
 
 def test_cpu_generation_batch_shrinks_to_what_fits(models, monkeypatch):

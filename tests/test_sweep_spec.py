@@ -321,15 +321,18 @@ def test_hf_names_map_through_one_alias_table(tmp_path, base_yaml):
     sweep = tmp_path / "hf.yaml"
     sweep.write_text("method: grid\nmetric: {name: eval_loss}\nparameters:\n"
                      "  per_device_train_batch_size: {values: [4, 8]}\n  gradient_accumulation_steps: {value: 2}\n"
-                     "  generation_max_length: {value: 100}\n  warmup_steps: {value: 50}\n  lr: {value: 3e-5}\n")
+                     "  generation_max_length: {value: 100}\n  warmup_steps: {value: 50}\n  lr: {value: 3e-5}\n"
+                     "  per_device_eval_batch_size: {value: 16}\n  pad_to_multiple_of: {value: 16}\n")
     spec = load_sweep(sweep, [str(base_yaml)], world=2)
     assert spec.metric == "loss" and spec.goal == "minimize"
     params = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "generation_max_length": 100,
-              "warmup_steps": 50, "lr": "3e-5"}
+              "warmup_steps": 50, "lr": "3e-5", "per_device_eval_batch_size": 16, "pad_to_multiple_of": 16}
     assert spec.config_params(params) == {"training.global_batch_size": 32, "generation.max_new_tokens": 99,
-                                          "training.warmup_steps": 50, "training.learning_rate": "3e-5"}
+                                          "training.warmup_steps": 50, "training.learning_rate": "3e-5",
+                                          "parallel.eval_batch_size": 16, "data.pad_to_multiple_of": 16}
     loaded = check_params(spec, params, [str(base_yaml)], [])
     assert loaded.config.training.global_batch_size == 32 and loaded.config.training.learning_rate == 3e-5
+    assert (loaded.config.parallel.eval_batch_size, loaded.config.data.pad_to_multiple_of) == (16, 16)
     notes = " | ".join(spec.mapping_notes())
     assert "per_device_train_batch_size x gradient_accumulation_steps x world size -> training.global_batch_size" in notes
     assert "generation_max_length 100 -> generation.max_new_tokens 99" in notes and "lr -> training.learning_rate" in notes
@@ -344,6 +347,8 @@ def test_hf_names_map_through_one_alias_table(tmp_path, base_yaml):
                                     "'training.num_train_epochs'?)"),
     ("fp16: {values: [true, false]}", "parameters.fp16: not taken by dialsum: precision is one key: use "
                                       "parallel.precision"),
+    ("pad_to_max_length: {value: true}", "parameters.pad_to_max_length: not taken by dialsum: batches pad to their "
+                                         "longest row, rounded up to data.pad_to_multiple_of"),
     ("learning_rate: {value: 1e-4}\n  training.learning_rate: {value: 2e-4}",
      "parameters.training.learning_rate: sets training.learning_rate, as parameters.learning_rate does"),
     ("per_device_train_batch_size: {value: 4}\n  batch_size: {value: 8}",

@@ -16,3 +16,21 @@ def test_warmup_ratio_is_a_fraction_of_the_training_steps(tmp_path, tiny_model_d
     plan = make_plan(load_config([str(config)]), detect_topology(), run_id="w", nnodes=1, nproc_per_node=1)
     args = DialogueSummarizationTrainer(plan)._training_arguments()
     assert args.get_warmup_steps(total) == expected
+
+
+@pytest.mark.parametrize("pinned, multiple", [(None, 8), (1, 1)])
+def test_training_batches_pad_to_the_planned_multiple(tmp_path, tiny_model_dir, pinned, multiple):
+    """The plan's multiple reaches the collator: a batch is its longest row rounded up (8 by default, the longest
+    itself when pinned to 1), pads masked out of attention and labels (-100)."""
+    config = small_config(tmp_path, tiny_model_dir, data={"pad_to_multiple_of": pinned})
+    plan = make_plan(load_config([str(config)]), detect_topology(), run_id="p", nnodes=1, nproc_per_node=1)
+    assert plan.pad_to_multiple_of == multiple
+    trainer = DialogueSummarizationTrainer(plan)
+    train = trainer.prepare_data().train
+    row = next(train[i] for i in range(len(train)) if len(train[i]["input_ids"]) % 8 and len(train[i]["labels"]) % 8)
+    batch = trainer._data_collator()([row])
+    source, target = len(row["input_ids"]), len(row["labels"])
+    assert batch["input_ids"].shape[1] == -(-source // multiple) * multiple
+    assert batch["labels"].shape[1] == -(-target // multiple) * multiple
+    assert batch["attention_mask"][0, source:].sum() == 0 and (batch["labels"][0, target:] == -100).all()
+    assert batch["labels"][0, :target].tolist() == row["labels"]

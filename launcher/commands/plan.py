@@ -14,7 +14,8 @@ from engine.plan import Plan
 
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
 DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
-             "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers")
+             "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers",
+             "pad_to_multiple_of")
 _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
 
 
@@ -148,6 +149,7 @@ def print_plan(plan: Plan) -> None:
         "eval_batch_size": str(plan.eval_batch_size or plan.micro_batch_size),
         "optim": plan.optim,
         "dataloader_num_workers": str(plan.dataloader_num_workers),
+        "pad_to_multiple_of": str(plan.pad_to_multiple_of),
     }
     table = Table(title="Plan", show_lines=False)
     for column in ("decision", "value", "reason"):
