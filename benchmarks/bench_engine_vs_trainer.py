@@ -29,7 +29,8 @@ def engine_config(work: Path, model: Path, a: argparse.Namespace, nproc: int, ti
         "model": {"name_or_path": str(model)},
         "data": {"train_file": str(MINI_DIR / "train.csv"), "eval_file": str(MINI_DIR / "dev.csv"),
                  "max_train_samples": a.rows, "max_eval_samples": 8, "max_source_length": a.max_source,
-                 "max_target_length": a.max_target},
+                 "max_target_length": a.max_target,
+                 "pad_to_multiple_of": 1},  # the plain script pads to the longest row: same shapes, same dropout
         "training": {"max_steps": a.steps, "learning_rate": a.lr, "global_batch_size": a.batch,
                      "logging_steps": a.logging_steps, "eval_strategy": "no",
                      "group_by_length": False},  # the plain script samples at random: same batches, same loss
