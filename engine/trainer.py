@@ -240,12 +240,12 @@ class DialogueSummarizationTrainer:
                 result.predictions_path = str(self.run_dir / "predictions.csv")
             final_step = trainer.state.global_step
             trainer = None
-            _teardown()  # peers leave now: rank 0's prediction, registration and closing writes wait on nobody
-            if cfg.data.test_file and self.rank == 0:
-                result.submission_path = self._write_submission(model_dir, recorder, final_step)
-            if cfg.tracking.register_model:
+            _teardown()  # peers leave now: rank 0's registration, prediction and closing writes wait on nobody
+            if cfg.tracking.register_model:  # before anything optional that can fail
                 result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
                                                                self._model_metadata(datasets, result))
+            if cfg.data.test_file and self.rank == 0:
+                result.submission_path = self._write_submission(model_dir, recorder, final_step)
             summary = {f"best/{k}": v for k, v in result.best_metrics.items()}
             summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
             recorder.finish("completed", summary=summary)
@@ -301,15 +301,24 @@ class DialogueSummarizationTrainer:
             tmp.rename(target)
         return target
 
-    def _write_submission(self, model_dir: Path, recorder, step: int) -> str:
+    def _write_submission(self, model_dir: Path, recorder, step: int) -> str | None:
         """Rank 0: `data.test_file` summarized by the exported (best) model into <run>/submission.csv, beside
-        predictions.csv, with the generation settings evaluation used; a `submission` event records it on the run."""
+        predictions.csv, with the generation settings evaluation used; a `submission` event records it on the run.
+        The model is trained and registered by now: a submission that fails is a warning and a `submission_failed`
+        event (rerun it with `dialsum predict`), not a failed run."""
         from engine.predict import summarize_file
 
         device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if self.plan.device == "cuda"
                   else torch.device("cpu"))
-        path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
-                                    batch_size=self.plan.eval_batch_size, device=device, key="data.test_file")
+        try:
+            path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
+                                        batch_size=self.plan.eval_batch_size, device=device, key="data.test_file")
+        except Exception as exc:
+            log.warning("submission of %s failed (the model is saved at %s; `dialsum predict` writes it): %s: %s",
+                        self.cfg.data.test_file, model_dir, type(exc).__name__, exc)
+            recorder.log_event(step, "submission_failed", {"test_file": self.cfg.data.test_file,
+                                                           "error": f"{type(exc).__name__}: {exc}"})
+            return None
         recorder.log_event(step, "submission", {"path": str(path), "rows": rows, "test_file": self.cfg.data.test_file})
         return str(path)
 
@@ -362,7 +371,13 @@ def evaluation_summaries(pred, eval_set: SummarizationDataset | LengthSorted, to
 
 
 def _teardown() -> None:
-    """Free the engine and close the process group cleanly (without the barrier, about 1 in 10-30 runs aborted in gloo teardown)."""
+    """Free the engine and close the process group cleanly (without the barrier, about 1 in 10-30 runs aborted in gloo
+    teardown). transformers keeps the Trainer's DeepSpeed config as a process-wide setting that `from_pretrained`
+    obeys: under ZeRO-3 a model loaded after training (the submission, the Python API's next call) would be built
+    inside `deepspeed.zero.Init` with the finished world's batch sizes, so the setting ends with the engine."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
     gc.collect()
     if is_distributed():
         torch.distributed.barrier()

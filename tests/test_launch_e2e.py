@@ -11,11 +11,13 @@ from engine.store import Registry, Tracker, open_store
 from engine.data import read_dialogues
 from engine.rouge import score_summaries
 from launch_helpers import REPO_ROOT, run_dialsum, small_config, wandb_history
+from test_run_end import assert_registered_with_submission, small_test_file
 
 
 @pytest.mark.slow
 def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_model_dir):
-    config = small_config(tmp_path, tiny_model_dir)
+    test_file, fnames = small_test_file(tmp_path)
+    config = small_config(tmp_path, tiny_model_dir, data={"test_file": str(test_file)})
     secret = "sekrit-4f1c9a"  # what a user's key looks like in the environment; it must land nowhere
     proc = run_dialsum("launch", str(config), "--nproc", "2", env={"WANDB_API_KEY": secret, "HF_TOKEN": secret})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -47,6 +49,7 @@ def test_launch_two_deepspeed_ranks_trains_tracks_and_registers(tmp_path, tiny_m
     parts = sum(version["metrics"][k] for k in ("rouge1_f1", "rouge2_f1", "rougeL_f1"))
     assert combined == pytest.approx(parts) and combined > 0
     assert (out / "runs" / run["run_id"] / "model" / "model.safetensors").exists()
+    assert_registered_with_submission(tmp_path, fnames)
     rank1_logs = list((out / "runs" / run["run_id"] / "logs").glob("*/attempt_0/1/stderr.log"))
     assert len(rank1_logs) == 1  # rank 1 writes its output to its own file
 

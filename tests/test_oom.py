@@ -96,8 +96,11 @@ def test_oom_deep_in_a_zero3_forward_restarts_from_the_checkpoint_at_half_the_mi
     """ZeRO-3, 2 ranks: rank 1 runs out of memory in the decoder's last layer at step 10, after the forward's earlier
     all-gathers (rank 0 is then inside the next one: no agreement can reach it). The rank exits 76, the launcher
     records `oom_restart` and restarts the run at micro-batch 2 x accumulation 2 (global batch 8 kept) from
-    checkpoint-8, which completes the 16 steps."""
-    config = small_config(tmp_path, tiny_model_dir, parallel={"zero_stage": 3},
+    checkpoint-8, which completes the 16 steps, registers the model and writes the submission."""
+    from test_run_end import assert_registered_with_submission, small_test_file
+
+    test_file, fnames = small_test_file(tmp_path)
+    config = small_config(tmp_path, tiny_model_dir, parallel={"zero_stage": 3}, data={"test_file": str(test_file)},
                           callbacks=[{"path": "oom_injection:InjectOOM",
                                       "kwargs": {"step": 9, "rank": 1, "module": "model.decoder.layers.1",
                                                  "micro_batch_size": 4}}])
@@ -117,3 +120,4 @@ def test_oom_deep_in_a_zero3_forward_restarts_from_the_checkpoint_at_half_the_mi
     plan = json.loads((tmp_path / "out" / "runs" / "oom3" / "plan.json").read_text())
     assert plan["zero_stage"] == 3 and plan["micro_batch_size"] == 2 and plan["gradient_accumulation_steps"] == 2
     assert max(h["step"] for h in run["history"] if "train/loss" in h) == 16
+    assert_registered_with_submission(tmp_path, fnames)  # the restarted world of 2 at micro-batch 2 ends as well
