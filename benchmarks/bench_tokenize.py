@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from launcher.model_init import init_model
     from engine.modeling import load_model_and_tokenizer
     from engine.schema import ModelConfig
+    from engine.tasks.seq2seq import Seq2SeqEncoder
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         tmp = Path(tmp)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         model = a.model or str(init_model(MINI_DIR / "train.csv", tmp / "model", size="tiny", seed=0).out_dir)
         read_t, rows = timed(lambda: read_dialogues(train, require_summary=True), a.repeats)
         _, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=model), find_placeholder_tokens(rows))
-        common = dict(max_source_length=a.max_source, max_target_length=a.max_target, with_labels=True)
+        encoder = Seq2SeqEncoder(a.max_source, a.max_target)
 
         def plain():
             tokenizer([d.dialogue for d in rows], max_length=a.max_source, truncation=True)
@@ -73,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
 
         anchor, _ = timed(plain, a.repeats)
         cold_runs = iter(range(a.repeats))
-        cold, ds = timed(lambda: tokenize_split(rows, tokenizer, cache_dir=tmp / f"cache-{next(cold_runs)}", **common),
-                         a.repeats)
-        cached, ds_cached = timed(lambda: tokenize_split(rows, tokenizer, cache_dir=tmp / "cache-0", **common), a.repeats)
+        cold, ds = timed(lambda: tokenize_split(rows, tokenizer, encoder, with_labels=True,
+                                                cache_dir=tmp / f"cache-{next(cold_runs)}"), a.repeats)
+        cached, ds_cached = timed(lambda: tokenize_split(rows, tokenizer, encoder, with_labels=True,
+                                                         cache_dir=tmp / "cache-0"), a.repeats)
         assert not ds.from_cache and ds_cached.from_cache and ds_cached[len(rows) - 1] == ds[len(rows) - 1]
 
     tokens = int(ds._src_off[-1] + ds._tgt_off[-1])

@@ -27,22 +27,19 @@ def die_with_parent() -> None:
 
 def quiet_libraries() -> None:
     """Known library noise, filtered where it starts, so the console shows the run: deprecation FutureWarnings from
-    transformers/DeepSpeed/torch for calls the engine and DeepSpeed make, transformers' embedding-resize note (speaker
-    tags are added on purpose), its print when W&B is offline and its "Loading weights" bars, and rouge-score's absl
-    INFO line."""
-    import contextlib
-    import io
+    transformers/DeepSpeed/torch for calls the engine and DeepSpeed make, transformers' "Loading weights" bars,
+    its embedding-resize note (speaker tags are added on purpose) and its print when W&B is offline
+    (engine.compat.quiet_transformers), and rouge-score's absl INFO line."""
     import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from engine.compat import quiet_transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|deepspeed|torch)(\.|$)")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
-    hf_logging.get_logger("transformers.modeling_utils").addFilter(
-        lambda record: not str(record.msg).startswith("The new embeddings will be initialized"))
-    with contextlib.redirect_stdout(io.StringIO()):  # prints "[INFO] Running in WANDB offline mode" on import
-        import transformers.integrations.integration_utils  # noqa: F401
+    quiet_transformers()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,21 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", help="Plan JSON written by `dialsum launch`.")
     source.add_argument("--config", nargs="+", help="Config YAML file(s), when started by torchrun/accelerate/srun.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (with --config).")
     args = parser.parse_args(argv)
-    if args.config:  # plain `srun python -m engine`: SLURM task ids become RANK/WORLD_SIZE before logging names the rank
-        from engine.distributed import adopt_slurm_environment
+    if args.plan and args.set:
+        parser.error("--set applies to --config only: a plan is already decided (change it with `dialsum launch "
+                     "... --set`)")
+    from engine.world import adopt_world
 
-        try:
-            adopt_slurm_environment()
-        except UserError as exc:
-            print(f"dialsum: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-    from engine.distributed import global_rank
-
-    rank = global_rank()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)  # the one snapshot of what this rank was started with
+    try:
+        world = adopt_world(env)
+    except UserError as exc:
+        print(f"dialsum: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    logging.basicConfig(level=logging.INFO if world.rank == 0 else logging.WARNING,
+                        format=f"[rank{world.rank}] %(levelname)s %(name)s: %(message)s")
     from engine.redact import redact_logging
 
     redact_logging()
@@ -76,17 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             from engine.distributed import init_process_group
 
-            plan = Plan.load(args.plan)
-            os.environ.update(plan.env)
+            plan = Plan.load(args.plan, env)
             if plan.world_size > 1:  # env:// through the elastic agent's store, fresh for every restart attempt
-                init_process_group(plan.use_deepspeed, plan.backend)
+                init_process_group(plan.backend)
         else:
             from engine.distributed import plan_for_this_process
 
-            plan = plan_for_this_process(args.config, args.set)
+            plan = plan_for_this_process(world, env, args.config, args.set)
         from engine.trainer import DialogueSummarizationTrainer
 
-        trainer = DialogueSummarizationTrainer(plan)
+        trainer = DialogueSummarizationTrainer(plan, world)
         result = trainer.train(trainer.prepare_data())
     except UserError as exc:
         print(f"dialsum: error: {exc}", file=sys.stderr)
@@ -94,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if result.preempted_at is not None:
         from engine.plan import PREEMPTED_EXIT_CODE
 
-        if rank == 0:
+        if world.rank == 0:
             print(f"run {result.run_id} preempted: checkpoint at step {result.preempted_at}; start it again with "
                   f"DIALSUM_RUN_ID={result.run_id} (or `dialsum launch ... --run-id {result.run_id}`) to resume")
         return PREEMPTED_EXIT_CODE
-    if rank == 0:
+    if world.rank == 0:
         best = ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items() if k.startswith("rouge"))
         print(f"run {result.run_id} completed: {best}; model v{result.model_version} at {result.model_path}; "
               f"predictions {result.predictions_path}")

@@ -1,7 +1,12 @@
-"""Best-metric tracking: which evaluation was best, its metrics and step, and its predictions on disk.
+"""The one definition of "best": which evaluation of a run is best, and which registered version of a model is.
 
-Predictions are written when an evaluation becomes the best, so `predictions.csv` always matches the best checkpoint
-without reloading weights. Every rank runs the comparison (same numbers everywhere); only the world-process-zero writes.
+`is_better` compares two values of `training.metric_for_best_model`; `BestTracker` (engine/callbacks/best.py) applies
+it to a run's evaluations on every rank (same numbers everywhere): the best metrics and step (what the run's summary and its registry version
+carry), the checkpoint the model is exported from (`checkpoint-<best step>`, kept by rotation), `predictions.csv`
+(written when an evaluation becomes the best, so it always matches the exported model without reloading weights),
+and early stopping (`training.early_stopping_patience` evaluations without an improvement above the threshold). A
+checkpoint's marker carries the tracker's state, so a resumed run continues with the same best. The registry's
+`best` alias moves by the same comparison (engine/store/registry.py). transformers' own best-model tracking is off.
 """
 from __future__ import annotations
 
@@ -10,11 +15,18 @@ import io
 import math
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from engine.atomic import atomic_write_text
 
 EVAL_PREFIX = "eval_"
+
+
+def is_better(value: float | None, than: float | None, greater_is_better: bool) -> bool:
+    """Whether `value` beats `than` (None: nothing yet); a missing or NaN value never does."""
+    if value is None or math.isnan(value):
+        return False
+    if than is None:
+        return True
+    return value > than if greater_is_better else value < than
 
 
 def strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:
@@ -27,46 +39,3 @@ def write_predictions_csv(path: Path, fnames: list[str], summaries: list[str]) -
     writer.writerow(["fname", "summary"])
     writer.writerows(zip(fnames, summaries))
     return atomic_write_text(path, buf.getvalue())
-
-
-class BestTracker(TrainerCallback):
-    """Tracks `metric` with a goal; on improvement writes the latest decoded predictions to `predictions_path`."""
-
-    def __init__(self, metric: str, greater_is_better: bool, predictions_path: Path, fnames: list[str]):
-        self.metric = metric
-        self.greater_is_better = greater_is_better
-        self.predictions_path = predictions_path
-        self.fnames = fnames
-        self.latest_predictions: list[str] = []  # set by compute_metrics before on_evaluate fires
-        self.best_metrics: dict[str, float] = {}
-        self.best_step: int | None = None
-        self.last_metrics: dict[str, float] = {}
-
-    def improves(self, value: float) -> bool:
-        if value is None or math.isnan(value):
-            return False
-        if not self.best_metrics:
-            return True
-        best = self.best_metrics[self.metric]
-        return value > best if self.greater_is_better else value < best
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        """On resume, the best so far is the Trainer's (restored from trainer_state.json): its metrics are that
-        evaluation's log entry. Without this the first evaluation after a resume would count as best and overwrite
-        predictions.csv and the registered metrics, while the export still took the Trainer's best checkpoint."""
-        if self.best_metrics or not state.best_model_checkpoint:
-            return
-        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-        for entry in state.log_history:
-            if entry.get("step") == step and f"{EVAL_PREFIX}{self.metric}" in entry:
-                self.best_metrics = strip_eval_prefix({k: v for k, v in entry.items() if k != "step"})
-                self.best_step = step
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        metrics = strip_eval_prefix(metrics or {})
-        self.last_metrics = metrics
-        if self.improves(metrics.get(self.metric)):
-            self.best_metrics = dict(metrics)
-            self.best_step = state.global_step
-            if state.is_world_process_zero and len(self.latest_predictions) == len(self.fnames):
-                write_predictions_csv(self.predictions_path, self.fnames, self.latest_predictions)

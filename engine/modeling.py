@@ -6,13 +6,12 @@ added as special tokens at load time and `decode_summaries` removes only the mod
 """
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
 
 from engine.data import PLACEHOLDER_RE
 from engine.errors import UserError
-from engine.schema import GenerationConfig, ModelConfig
+from engine.schema import ModelConfig
+from engine.tasks import get_task, task_of_model
 
 
 def looks_like_path(name: str) -> bool:
@@ -53,48 +52,51 @@ def add_speaker_tokens(tokenizer, tokens: list[str]) -> int:
     return tokenizer.add_special_tokens({"additional_special_tokens": existing + new})
 
 
-def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
-    """`AutoModelForSeq2SeqLM` + `AutoTokenizer` from a hub id or local directory, with the speaker tags added and the
-    embeddings grown to fit them. Returns (model, tokenizer)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
+    """`AutoTokenizer` from `model.tokenizer` or `model.name_or_path`, with a pad token (eos stands in where there is
+    none) and the speaker tags added as special tokens."""
+    from transformers import AutoTokenizer
 
     tok_name, tok_key = ((model_cfg.tokenizer, "model.tokenizer") if model_cfg.tokenizer
                          else (model_cfg.name_or_path, "model.name_or_path"))
-    model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
     tok_src = check_model_source(tok_name, tok_key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     except (OSError, ValueError) as exc:
         raise UserError(f"{tok_key}: cannot load a tokenizer from {tok_name!r}: {_reason(tok_name, exc)}") from None
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_src)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"model.name_or_path: cannot load a seq2seq model from {model_cfg.name_or_path!r}: "
-                        f"{_reason(model_cfg.name_or_path, exc)}") from None
-
     if tokenizer.pad_token is None:  # the collator and generation need one; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     add_speaker_tokens(tokenizer, extra_special_tokens)
+    return tokenizer
+
+
+def load_model(model_cfg: ModelConfig, tokenizer, task):
+    """The task's Auto model class from a hub id or local directory, its embeddings grown to the tokenizer (speaker
+    tags), and the token ids the task needs set (`task.prepare`)."""
+    model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
+    try:
+        model = task.model_class().from_pretrained(model_src)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot load a {task.name} model from {model_cfg.name_or_path!r}: "
+                        f"{_reason(model_cfg.name_or_path, exc)}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+    task.prepare(model, tokenizer)
+    return model
 
-    config = model.config
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-    if config.decoder_start_token_id is None:
-        # labels are shifted right behind this id; generation starts from it
-        start = model.generation_config.decoder_start_token_id
-        config.decoder_start_token_id = start if start is not None else (
-            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id)
-    if model.generation_config.decoder_start_token_id is None:
-        model.generation_config.decoder_start_token_id = config.decoder_start_token_id
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = config.pad_token_id
-    # Seq2seq LMs (BART, T5, ...) take **kwargs in forward but return a plain mean loss that ignores
-    # `num_items_in_batch`; the Trainer would then skip its division by gradient accumulation and scale gradients by
-    # the accumulation count. Telling it the truth keeps the loss and gradients right for any accumulation.
-    model.accepts_loss_kwargs = False
-    return model, tokenizer
+
+def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str], task=None):
+    """Tokenizer and model together (prediction, tests): `task` defaults to the one the model's config says.
+    Returns (model, tokenizer)."""
+    model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
+    tokenizer = load_tokenizer(model_cfg, extra_special_tokens)
+    if task is None:
+        try:
+            task = get_task(task_of_model(model_src))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
+                            f"{_reason(model_cfg.name_or_path, exc)}") from None
+    return load_model(model_cfg, tokenizer, task), tokenizer
 
 
 def control_token_ids(tokenizer) -> set[int]:
@@ -110,21 +112,3 @@ def decode_summaries(tokenizer, sequences) -> list[str]:
     kept = [[int(t) for t in row if int(t) not in drop] for row in rows]
     texts = tokenizer.batch_decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     return [" ".join(text.split()) for text in texts]
-
-
-def generation_kwargs(g: GenerationConfig) -> dict[str, Any]:
-    """`model.generate` keyword arguments for the configured settings, as evaluation applies them: lengths as
-    max_length/min_length, where the decoder start token counts (so N new tokens is N + 1), and any
-    max_new_tokens/min_new_tokens saved with the checkpoint cleared, since they would override them. Sampling is off
-    so a submission is reproducible; `early_stopping` is a beam-search flag that greedy search rejects."""
-    return {
-        "num_beams": g.num_beams,
-        "max_length": g.max_new_tokens + 1,
-        "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0,
-        "max_new_tokens": None,
-        "min_new_tokens": None,
-        "length_penalty": g.length_penalty,
-        "no_repeat_ngram_size": g.no_repeat_ngram_size,
-        "early_stopping": g.early_stopping if g.num_beams > 1 else False,
-        "do_sample": False,
-    }

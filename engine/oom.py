@@ -24,12 +24,11 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils.data import SequentialSampler
 from accelerate.utils import DistributedType
 from transformers import Seq2SeqTrainer
-from transformers.trainer_utils import has_length
 
 from engine.agreement import agree_after_forward
+from engine.compat import SequentialEvaluation, sync_gradients
 from engine.plan import OOM_RESTART_EXIT_CODE
 from engine.recorder import Recorder
 from engine.signals import PROGRESS
@@ -67,7 +66,7 @@ def _rows(inputs: dict[str, Any]) -> int:
     return next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
 
 
-class OOMBackoffTrainer(Seq2SeqTrainer):
+class OOMBackoffTrainer(SequentialEvaluation, Seq2SeqTrainer):
     """Seq2SeqTrainer whose training step survives forward-pass OOM by splitting the micro-batch and counts source
     tokens in the same all-reduce (see the module doc)."""
 
@@ -107,12 +106,8 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
                 continue
             loss = self._scaled(loss, _rows(chunk) / total_rows, num_items_in_batch)
             kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
-            last = not pending
-            self.accelerator.gradient_state._set_sync_gradients(sync_at_end and last)
-            try:
+            with sync_gradients(self.accelerator, sync_at_end and not pending):  # only the last chunk syncs
                 self.accelerator.backward(loss, **kwargs)
-            finally:
-                self.accelerator.gradient_state._set_sync_gradients(sync_at_end)
             total_loss = total_loss + loss.detach()
         return total_loss
 
@@ -134,14 +129,6 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             return loss
         return loss * fraction / self.current_gradient_accumulation_steps
-
-    def _get_eval_sampler(self, eval_dataset):
-        """Evaluation in the order of the evaluated dataset (the engine passes it sorted longest first and restores the
-        summaries' order), also when training groups by length: transformers would length-group evaluation too, in
-        random megabatches, and the predictions would no longer line up with the dataset."""
-        if eval_dataset is None or not has_length(eval_dataset):
-            return None
-        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _back_off(self, chunk_rows: int) -> None:
         gc.collect()

@@ -1,31 +1,37 @@
-"""The contract between the launcher and the ranks: the Plan and the exit codes.
+"""The contract between the launcher and the ranks: the Plan, and the exit codes.
 
-The Plan is plain data, JSON-serialisable. `launcher/planner.py` is its only producer (in `dialsum launch`, or on
-rank 0 under an external launcher); ranks read it and execute, and never re-plan. It imports no torch or
-transformers, so the CLI loads it cheaply.
+The Plan is plain data, JSON-serialisable, and the one channel from the launcher to its ranks: `launcher/planner.py`
+is its only producer (in `dialsum launch`, or on rank 0 under an external launcher); ranks read it and execute, and
+never re-plan. It says everything a rank needs: the effective config, the parallelism, the task, the environment the
+rank processes are started with (`env`), the sweep trial a run reports to and the launcher's preemption grace.
+
+`plan.json` is written redacted (engine/redact.py). The values redaction removed travel by one other route, named
+once: the environment variable SECRETS_ENV, which the launcher sets for the processes it starts (never a file);
+`Plan.load` puts each value back at its config key. A redacted plan whose secrets did not arrive is an error, never
+a run with `***` in its store URI. It imports no torch or transformers, so the CLI loads it cheaply.
 """
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.atomic import atomic_write_text
-from engine.redact import redact
+from engine.errors import UserError
+from engine.redact import redact, redacted_paths, restore_secrets, secret_values
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; batch scripts requeue on it, launchers pass it through
 OOM_RESTART_EXIT_CODE = 76  # a ZeRO-3 forward ran out of memory: restart from the last checkpoint at a smaller micro-batch
 
+# The secret values plan.json lacks, by config key, for one run id (JSON), in the environment of the rank processes.
+SECRETS_ENV = "DIALSUM_SECRETS"
+
 
 def fresh_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def new_run_id() -> str:
-    """A job's run id: DIALSUM_RUN_ID when a resumed job must keep its run, else a fresh one."""
-    return os.environ.get("DIALSUM_RUN_ID") or fresh_run_id()
 
 
 def run_dir(output_root: str | Path, run_id: str) -> Path:
@@ -33,8 +39,9 @@ def run_dir(output_root: str | Path, run_id: str) -> Path:
     return Path(output_root).resolve() / "runs" / run_id
 
 
-# Carries the unredacted config from the launcher to its ranks (their environment, never a file).
-CONFIG_ENV = "DIALSUM_PLAN_CONFIG"
+def backend_for(device: str) -> str:
+    """The collective backend for a device kind: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device == "cuda" else "gloo"
 
 
 @dataclass
@@ -57,18 +64,23 @@ class Plan:
     gradient_accumulation_steps: int
     global_batch_size: int           # micro x accumulation x world_size (always exact)
     deepspeed_config: dict | None    # rendered DeepSpeed config, every "auto" resolved
+    task: str = "seq2seq"            # engine/tasks: "seq2seq" | "causal"
     reasons: dict = field(default_factory=dict)          # decision -> one-line reason
     memory: dict = field(default_factory=dict)           # predictions: per-stage bytes per GPU, chosen peak
-    env: dict = field(default_factory=dict)              # environment the ranks must see (e.g. DS_ACCELERATOR)
+    env: dict = field(default_factory=dict)              # environment the rank processes are started with
     topology: dict = field(default_factory=dict)         # the topology the plan was made for
+    sweep_trial: dict | None = None  # the local sweep trial this run reports its evaluations to (engine/callbacks/pruning)
+    preempt_lead_s: float = 0.0      # how long the launcher waits for signalled ranks (0: unknown, an external launcher)
     # speed choices that leave what is learned unchanged (planner.speed_choices)
     group_by_length: bool = False    # training batches of similar length (transformers' LengthGroupedSampler)
     eval_batch_size: int = 0         # per rank, per generation batch (0: the micro-batch)
     optim: str = "adamw_torch"       # transformers optimizer name
     dataloader_num_workers: int = 0  # per rank
     pad_to_multiple_of: int = 1      # batch lengths rounded up to a multiple of this (1: longest in the batch)
+    find_unused_parameters: bool = True  # DDP looks for parameters without a gradient after every forward
 
     def to_json(self) -> str:
+        """Unredacted: for the broadcast to the ranks of an external launcher (memory, never a file)."""
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
@@ -80,20 +92,25 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        """The saved (redacted) plan, with the real config from CONFIG_ENV when the launcher exported this plan's."""
+    def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> "Plan":
+        """The saved plan with its secrets put back from SECRETS_ENV (`env`, default os.environ)."""
         plan = cls.from_json(Path(path).read_text())
-        real = json.loads(os.environ.get(CONFIG_ENV) or "null")
-        if real is not None and redact(real) == plan.config:
-            plan.config = real
+        env = os.environ if env is None else env
+        carried = json.loads(env.get(SECRETS_ENV) or "{}")
+        if carried.get("run_id") == plan.run_id:  # a restart's new plan keeps its run, and its secrets
+            plan.config = restore_secrets(plan.config, carried["secrets"])
+        missing = redacted_paths(plan.config)
+        if missing:
+            raise UserError(f"{path}: the config's secret values ({', '.join(missing)}) are redacted in this file and "
+                            f"did not reach this rank ({SECRETS_ENV} is unset or lacks them); start the ranks with "
+                            "`dialsum launch`, which passes them")
         return plan
 
     def save(self, path: str | Path) -> None:
         """Atomic write of the redacted plan: ranks may read the file while the launcher is still around."""
         atomic_write_text(path, json.dumps(redact(asdict(self)), indent=2, sort_keys=True))
 
-    def export_config(self) -> None:
-        """The real config for the ranks this process starts, through their environment only (plan.json is
-        redacted): `load` takes it back when it redacts to the saved config."""
-        if redact(self.config) != self.config:
-            os.environ[CONFIG_ENV] = json.dumps(self.config)
+    def secrets_env(self) -> dict[str, str]:
+        """{SECRETS_ENV: ...} for the processes that run this plan: what `save` leaves out of plan.json, by config
+        key, for this run only."""
+        return {SECRETS_ENV: json.dumps({"run_id": self.run_id, "secrets": secret_values(self.config)})}

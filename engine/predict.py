@@ -45,21 +45,24 @@ def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
 
 
 def summarize(model, tokenizer, dataset: SummarizationDataset, generation: GenerationConfig, *, batch_size: int,
-              progress: bool = True) -> list[str]:
-    """Generated summaries for every dialogue of `dataset`, in dataset order (batches sorted longest first)."""
+              task=None, progress: bool = True) -> list[str]:
+    """Generated summaries for every dialogue of `dataset`, in dataset order (batches sorted longest first). `task`:
+    the model's (engine/tasks), which pads the batch, sets the generation arguments and takes the prompt off."""
     from tqdm import tqdm
 
-    from engine.modeling import decode_summaries, generation_kwargs
+    from engine.modeling import decode_summaries
+    from engine.tasks import get_task, task_of_config
 
+    task = task or get_task(task_of_config(model.config))
     device = next(model.parameters()).device
-    kwargs = generation_kwargs(generation)
+    kwargs = task.generation_kwargs(generation)
     ordered = LengthSorted(dataset)
     summaries: list[str] = []
     with torch.inference_mode(), tqdm(total=len(ordered), unit="dialogue", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(ordered), batch_size):
             rows = [ordered[k] for k in range(start, min(start + batch_size, len(ordered)))]
-            batch = tokenizer.pad(rows, return_tensors="pt").to(device)
-            summaries += decode_summaries(tokenizer, model.generate(**batch, **kwargs))
+            batch = task.generation_batch(tokenizer, rows).to(device)
+            summaries += decode_summaries(tokenizer, task.summary_ids(model.generate(**batch, **kwargs), batch))
             bar.update(len(rows))
     return ordered.restore(summaries)
 
@@ -70,15 +73,14 @@ def summarize_file(cfg: DialsumConfig, model_dir: str | Path, input_path: str | 
     written to `out_path` atomically. Returns (out_path, rows)."""
     from engine.best import write_predictions_csv
     from engine.modeling import load_model_and_tokenizer
+    from engine.tasks import get_task, task_of_model
 
     dialogues = read_dialogues(input_path, require_summary=False, key=key)
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)), extra_special_tokens=[])
+    task = get_task(task_of_model(str(model_dir)))
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)), [], task)
     model.to(device).eval()
-    d = cfg.data
-    dataset = tokenize_split(dialogues, tokenizer, max_source_length=d.max_source_length,
-                             max_target_length=d.max_target_length, source_prefix=d.source_prefix,
-                             with_labels=False, cache_dir=None)
-    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size)
+    dataset = tokenize_split(dialogues, tokenizer, task.encoder(cfg, tokenizer), with_labels=False, cache_dir=None)
+    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, task=task)
     return write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries), len(summaries)
 
 

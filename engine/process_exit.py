@@ -9,17 +9,10 @@ caller of `main()` (tests, the Python API) keeps a normal interpreter.
 """
 from __future__ import annotations
 
-import atexit
-import os
-import sys
 from typing import NoReturn
+
+from engine.compat import exit_without_teardown
 
 
 def exit_now(code: int) -> NoReturn:
-    atexit._run_exitfuncs()  # what a normal exit runs first; the module teardown after it is what is skipped
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing left to say on it
-            pass
-    os._exit(code)
+    exit_without_teardown(code)

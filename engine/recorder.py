@@ -1,6 +1,6 @@
 """The one interface through which the engine causes rank-0 side effects: tracker, registry, W&B.
 
-`make_recorder(plan, cfg, environment)` returns `Rank0Recorder` on global rank 0 and `NullRecorder` elsewhere, so the engine
+`make_recorder(plan, cfg, environment, rank)` returns `Rank0Recorder` on global rank 0 and `NullRecorder` elsewhere, so the engine
 calls the same methods on every rank and never branches on rank for side effects. No method here runs a collective:
 anything all ranks must agree on is computed before the call.
 
@@ -238,8 +238,5 @@ def _plan_summary(plan) -> dict[str, Any]:
     return {k: v for k, v in asdict(plan).items() if k not in ("config", "config_sources")}
 
 
-def make_recorder(plan, cfg: DialsumConfig, environment: dict[str, Any]) -> Recorder:
-    from engine.distributed import global_rank
-
-    rank = global_rank()
+def make_recorder(plan, cfg: DialsumConfig, environment: dict[str, Any], rank: int) -> Recorder:
     return Rank0Recorder(plan, cfg, environment) if rank == 0 else NullRecorder()

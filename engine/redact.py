@@ -64,3 +64,62 @@ def redact_logging() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+
+
+# ---------------------------------------------------------------------------------------------------- the secrets channel
+# What `redact` takes out of a config, by where it was, so the one process that needs the real values (a rank) gets
+# them back without a file: engine/plan.py carries them in its SECRETS_ENV.
+
+def _redacted_leaf(key: Any, value: Any) -> Any:
+    return REDACTED if is_secret_key(str(key)) and value not in (None, "") else redact(value)
+
+
+def _children(node: Any):
+    if isinstance(node, dict):
+        return node.items()
+    if isinstance(node, list):
+        return enumerate(node)
+    return ()
+
+
+def secret_values(config: Any, path: tuple = ()) -> list[list]:
+    """[[key path, real value], ...] for every value `redact` would change, the outermost one of each."""
+    found = []
+    for key, value in _children(config):
+        if _redacted_leaf(key, value) == value:
+            continue
+        if isinstance(value, (dict, list)) and not is_secret_key(str(key)):
+            found += secret_values(value, (*path, key))
+        else:
+            found.append([[*path, key], value])
+    return found
+
+
+def restore_secrets(config: Any, secrets: list[list]) -> Any:
+    """`config` (redacted) with each secret put back where its redacted form stands; a copy."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for path, value in secrets:
+        node = config
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            if node[path[-1]] == _redacted_leaf(path[-1], value):
+                node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # a key this config does not have: a secret of another config
+    return config
+
+
+def redacted_paths(config: Any, path: tuple = ()) -> list[str]:
+    """Dotted paths of values that still read as redacted: '***' under a secret key, or a URL password '***'."""
+    found = []
+    for key, value in _children(config):
+        here = (*path, key)
+        if isinstance(value, str) and ((value == REDACTED and is_secret_key(str(key)))
+                                       or f":{REDACTED}@" in value and _URL_PASSWORD.search(value)):
+            found.append(".".join(map(str, here)))
+        else:
+            found += redacted_paths(value, here)
+    return found

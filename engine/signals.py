@@ -72,14 +72,14 @@ class PreemptionCallback(TrainerCallback):
     it, so none is left waiting) and read the reduction started one step before; when any rank was signalled they all
     save a checkpoint and stop together. `start_flag_reduce(flag)` returns a function that waits for the answer."""
 
-    def __init__(self, start_flag_reduce: Callable[[bool], Callable[[], bool]]):
+    def __init__(self, start_flag_reduce: Callable[[bool], Callable[[], bool]], lead_s: float = 0.0):
         self.start_flag_reduce = start_flag_reduce
         self._previous: Callable[[], bool] | None = None
         self.signal_name: str | None = None
         self.preempted_at: int | None = None
         self._watchdog: threading.Thread | None = None
         self._boundary = threading.Event()  # set at the agreed step end: the watchdog stops
-        self.lead_s = float(os.environ.get("DIALSUM_PREEMPT_LEAD_S", "0"))  # set by the launcher; 0: unknown
+        self.lead_s = lead_s  # how long the launcher waits for signalled ranks (plan.preempt_lead_s); 0: unknown
         self._step_started = self._mark = time.monotonic()
         self.step_s = 0.0  # longest step seen (after the first, which includes warm-up)
         self._lead_warned = False
@@ -111,13 +111,13 @@ class PreemptionCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         """Warn once when a preemption could not be honoured: up to two steps and a checkpoint happen between the
-        signal and the end of the run, and the launcher / SLURM only waits `lead_s` (DIALSUM_PREEMPT_LEAD_S)."""
+        signal and the end of the run, and the launcher / SLURM only waits `lead_s` (plan.preempt_lead_s)."""
         save_s = time.monotonic() - self._mark
         needed = 2 * self.step_s + save_s
         if self.lead_s and needed > self.lead_s and not self._lead_warned and state.is_world_process_zero:
             self._lead_warned = True
             log.warning("preemption lead too short: 2 x step %.0f s + checkpoint %.0f s = %.0f s > %.0f s "
-                        "(DIALSUM_PREEMPT_LEAD_S; SLURM --signal lead, launcher grace): a preemption would end "
+                        "(the launcher's grace, DIALSUM_SHUTDOWN_GRACE_S; SLURM's --signal lead): a preemption would end "
                         "without a checkpoint", self.step_s, save_s, needed, self.lead_s)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -1,15 +1,27 @@
-"""The per-rank training entry: data in, Seq2SeqTrainer under DeepSpeed, ROUGE, best model out, run recorded.
+"""The per-rank training entry: a Plan in, a trained, evaluated, exported and registered model out.
 
-Reads top to bottom: `create_trainer` (config -> plan) -> `prepare_data` (dialogues -> cached token ids) -> `train`
-(Trainer built from the plan, evaluation by generation, best checkpoint exported, rank-0 recorder told what happened).
+`DialogueSummarizationTrainer(plan, world)` runs one run of the plan on this rank. `prepare_data()` reads the
+dialogues and turns them into cached token ids with the task's tokenizer (engine/tasks); `train(datasets)` goes
+through the phases in order, each a method below:
+
+1. start recording (rank 0: the run in the tracker, config.yaml and plan.json; the preemption handlers first);
+2. load the model for the task;
+3. build the Trainer: the task's Trainer class, collator and generation settings, the callbacks in their order;
+4. train, or resume from the run's newest complete checkpoint (engine/checkpointing.py);
+5. preempted: checkpointed, the run ends `preempted`;
+6. evaluate once more if no evaluation ran;
+7. export the best checkpoint's model (engine/best.py says which is best);
+8. leave the process group: what follows is rank 0's alone and waits on no peer;
+9. register the model version, then summarize `data.test_file` (optional: a failure there is an event);
+10. finish the run `completed` with its best and final metrics.
+
+Any exception ends the run `failed` (Ctrl-C: `killed`) with this rank and its error, and propagates.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,28 +29,27 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
 from engine.agreement import any_rank_flag, any_rank_flag_async
 from engine.atomic import atomic_write_text
-from engine.best import BestTracker
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
-from engine.callbacks.pruning import sweep_callbacks_from_env
-from engine.checkpointing import (MARKER, CheckpointCommitter, deepspeed_weights_only_resume, latest_checkpoint,
-                                  read_marker, safe_deepspeed_checkpoints)
+from engine.callbacks.best import BestTracker
+from engine.callbacks.pruning import sweep_callbacks
+from engine.checkpointing import MARKER, CheckpointCommitter, read_marker, train_or_resume
 from engine.config import config_from_dict
-from engine.data import (LengthSorted, SummarizationDataset, find_placeholder_tokens, read_dialogues,
-                         tokenize_split)
-from engine.distributed import global_rank, is_distributed
+from engine.data import LengthSorted, SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
+from engine.distributed import is_distributed
 from engine.environment import collect_environment, git_commit
 from engine.errors import UserError
-from engine.modeling import decode_summaries, generation_kwargs, load_model_and_tokenizer
-from engine.oom import OOMBackoffTrainer
-from engine.recorder import make_recorder
+from engine.modeling import decode_summaries, load_model, load_tokenizer
 from engine.plan import PREEMPTED_EXIT_CODE, Plan, run_dir
+from engine.recorder import make_recorder
 from engine.redact import redact
 from engine.rouge import score_summaries
 from engine.signals import PreemptionCallback
+from engine.tasks import get_task
+from engine.world import WORLD_OF_ONE, World
 
 log = logging.getLogger(__name__)
 
@@ -99,30 +110,139 @@ class RecorderFlush(TrainerCallback):
         self.recorder.flush()  # a checkpoint hands every pending record to the writer
 
 
+class GenerationScorer:
+    """The Trainer's `compute_metrics`: an evaluation's generated summaries, decoded and put back in dataset order,
+    scored by ROUGE against every reference. It keeps the last summaries for the BestTracker's predictions.csv."""
+
+    def __init__(self, eval_set, references: list[list[str]], tokenizer, lang: str, rouge_tokenizer: str):
+        self.eval_set, self.references, self.tokenizer = eval_set, references, tokenizer
+        self.lang, self.rouge_tokenizer = lang, rouge_tokenizer
+        self.summaries: list[str] = []
+
+    def __call__(self, pred) -> dict[str, float]:
+        self.summaries = evaluation_summaries(pred, self.eval_set, self.tokenizer)
+        return score_summaries(self.summaries, self.references, lang=self.lang, tokenizer=self.rouge_tokenizer)
+
+
 class DialogueSummarizationTrainer:
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, world: World = WORLD_OF_ONE):
         self.plan = plan
         self.cfg = config_from_dict(plan.config)
-        self.rank = global_rank()
+        self.world = world
+        self.rank = world.rank
+        self.task = get_task(plan.task)
         self.run_dir = run_dir(self.cfg.experiment.output_root, plan.run_id)
-        self.model = None
         self.tokenizer = None
+        self.model = None
 
-    # -- data ---------------------------------------------------------------------------------------------------
+    # -- data -----------------------------------------------------------------------------------------------------
     def prepare_data(self) -> Datasets:
+        """Training and evaluation dialogues as token ids; the tokenizer gets the data's speaker tags."""
         d = self.cfg.data
         train_rows = read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
         eval_rows = read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
         tags = find_placeholder_tokens(train_rows + eval_rows) if d.speaker_tokens else []
-        self.model, self.tokenizer = load_model_and_tokenizer(self.cfg.model, tags)
+        self.tokenizer = load_tokenizer(self.cfg.model, tags)
+        encoder = self.task.encoder(self.cfg, self.tokenizer)
         cache_dir = Path(d.cache_dir or Path(self.cfg.experiment.output_root) / "cache")
-        common = dict(max_source_length=d.max_source_length, max_target_length=d.max_target_length,
-                      source_prefix=d.source_prefix, with_labels=True, cache_dir=cache_dir)
-        return Datasets(train=tokenize_split(train_rows, self.tokenizer, **common),
-                        eval=tokenize_split(eval_rows, self.tokenizer, **common))
+        return Datasets(train=tokenize_split(train_rows, self.tokenizer, encoder, with_labels=True, cache_dir=cache_dir),
+                        eval=tokenize_split(eval_rows, self.tokenizer, encoder, with_labels=True, cache_dir=cache_dir))
 
-    # -- training -----------------------------------------------------------------------------------------------
-    def _training_arguments(self, eval_rows: int = 0):
+    # -- the run --------------------------------------------------------------------------------------------------
+    def train(self, datasets: Datasets) -> TrainResult:
+        cfg, plan = self.cfg, self.plan
+        result = TrainResult(run_id=plan.run_id)
+        preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async, lead_s=plan.preempt_lead_s)
+        recorder = self._start_recording()
+        trainer = None
+        try:
+            self.model = self.model or load_model(cfg.model, self.tokenizer, self.task)
+            trainer, best = self._build_trainer(datasets, recorder, preemption)
+            train_or_resume(trainer, plan, self.run_dir / "checkpoints", best, recorder)
+            if preemption.preempted_at is not None:
+                trainer = None
+                return self._end_preempted(result, preemption, recorder)
+            if best.last_step is None and cfg.training.eval_strategy != "no":
+                trainer.evaluate()  # fewer steps than eval_steps: the run is still scored once
+            result.best_metrics, result.best_step, result.final_metrics = best.best_metrics, best.best_step, \
+                best.last_metrics
+            model_dir = self._export_best(trainer, best)
+            result.model_path = str(model_dir)
+            if (self.run_dir / "predictions.csv").exists():
+                result.predictions_path = str(self.run_dir / "predictions.csv")
+            final_step = trainer.state.global_step
+            trainer = None
+            leave_process_group()
+            if cfg.tracking.register_model:  # before anything optional that can fail
+                result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
+                                                               self._model_metadata(datasets, result))
+            if cfg.data.test_file and self.rank == 0:
+                result.submission_path = self._write_submission(model_dir, recorder, final_step)
+            summary = {f"best/{k}": v for k, v in result.best_metrics.items()}
+            summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
+            recorder.finish("completed", summary=summary)
+        except BaseException as exc:
+            # No teardown collective here: a peer may be dead or inside another collective; the process just exits.
+            status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
+            recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
+            raise
+        return result
+
+    # -- phases ---------------------------------------------------------------------------------------------------
+    def _start_recording(self):
+        """The rank-0 recorder (a null one elsewhere), started; rank 0 writes the run's config.yaml and plan.json."""
+        recorder = make_recorder(self.plan, self.cfg, collect_environment(self.plan.topology), self.rank)
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(redact(self.plan.config), sort_keys=False))
+            self.plan.save(self.run_dir / "plan.json")
+        recorder.start()
+        return recorder
+
+    def _build_trainer(self, datasets: Datasets, recorder, preemption: PreemptionCallback):
+        """The task's Trainer over the datasets, with evaluation by generation (longest dialogue first, summaries
+        restored to dataset order) and the callbacks in their order."""
+        cfg, plan, task = self.cfg, self.plan, self.task
+        # evaluation generates with the configured settings (the Trainer reads model.generation_config)
+        self.model.generation_config.update(**task.generation_kwargs(cfg.generation))
+        eval_set = LengthSorted(datasets.eval) if cfg.evaluation.sort_by_length else datasets.eval
+        scorer = GenerationScorer(eval_set, datasets.eval.references, self.tokenizer, cfg.evaluation.lang,
+                                  cfg.evaluation.tokenizer)
+        t = cfg.training
+        best = BestTracker(t.metric_for_best_model, t.greater_is_better, self.run_dir / "predictions.csv",
+                           datasets.eval.fnames, latest_summaries=lambda: scorer.summaries,
+                           patience=t.early_stopping_patience, threshold=t.early_stopping_threshold)
+        trainer = task.trainer_class()(
+            model=self.model, args=self._training_arguments(len(datasets.eval)), train_dataset=datasets.train,
+            eval_dataset=eval_set, processing_class=self.tokenizer,
+            data_collator=task.training_collator(self.tokenizer, self.model, plan.pad_to_multiple_of),
+            compute_metrics=scorer, callbacks=self._callbacks(recorder, best, preemption), recorder=recorder,
+        )
+        return trainer, best
+
+    def _callbacks(self, recorder, best: BestTracker, preemption: PreemptionCallback) -> list[TrainerCallback]:
+        """In the order they must run at each event (the Trainer calls them in list order):
+        1. observers: they log what a step or an evaluation did (RecorderCallback first, so the Trainer's own metrics
+           open the step's record), and the best evaluation so far, which may ask to stop early;
+        2. the user's callbacks and a sweep trial's pruning, which may stop training on what they saw;
+        3. the checkpoint committer: marks a checkpoint complete (with the best so far) once every rank saved it;
+        4. preemption: at a step end, after everything above acted on that step;
+        5. the flush: one record of everything logged at this log, last."""
+        cfg, plan = self.cfg, self.plan
+        return [
+            RecorderCallback(recorder), best,
+            AnomalyDetector.from_config(cfg.monitoring, recorder, all_reduce_flag=any_rank_flag),
+            MemoryTracker(recorder, plan.memory),
+            Profiler.from_config(cfg.monitoring, recorder,
+                                 flops_per_token=self.task.flops_per_token(self.model.num_parameters(), cfg),
+                                 trace_dir=self.run_dir / "traces"),
+            *load_custom_callbacks(cfg.callbacks, recorder=recorder),
+            *sweep_callbacks(plan.sweep_trial),
+            CheckpointCommitter(self.rank, plan.world_size, keep=cfg.training.save_total_limit, best=best),
+            preemption,
+            RecorderFlush(recorder),
+        ]
+
+    def _training_arguments(self, eval_rows: int = 0) -> Seq2SeqTrainingArguments:
         cfg, plan, t = self.cfg, self.plan, self.cfg.training
         evaluate = t.eval_strategy != "no"
         return Seq2SeqTrainingArguments(
@@ -153,12 +273,9 @@ class DialogueSummarizationTrainer:
             save_strategy=t.eval_strategy if evaluate else "no",
             save_steps=t.eval_steps,
             save_total_limit=None,  # CheckpointCommitter rotates, after marking a checkpoint complete
-            metric_for_best_model=t.metric_for_best_model if evaluate else None,
-            greater_is_better=t.greater_is_better,
+            metric_for_best_model=None,  # "best" is engine/best.py's, for export, metrics, registry and resume alike
             load_best_model_at_end=False,  # best weights are exported from their safetensors checkpoint instead
-            predict_with_generate=True,
-            generation_max_length=self.cfg.generation.max_new_tokens + 1,
-            generation_num_beams=self.cfg.generation.num_beams,
+            predict_with_generate=True,  # evaluation generates (model.generation_config: the task's settings)
             report_to="none",
             include_num_input_tokens_seen="no",  # counted in OOMBackoffTrainer's per-forward all-reduce instead
             logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
@@ -166,135 +283,35 @@ class DialogueSummarizationTrainer:
             train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
             # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (13.85 vs 6.92 on 2 ranks).
             average_tokens_across_devices=False,
+            ddp_find_unused_parameters=plan.find_unused_parameters,
             disable_tqdm=self.rank != 0,
             save_only_model=False,
         )
 
-    def _data_collator(self) -> DataCollatorForSeq2Seq:
-        """Pads a batch to its longest row rounded up to the plan's multiple; labels pad with -100 (no loss)."""
-        return DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100,
-                                      pad_to_multiple_of=self.plan.pad_to_multiple_of)
-
-    def train(self, datasets: Datasets) -> TrainResult:
-        cfg, plan = self.cfg, self.plan
-        result = TrainResult(run_id=plan.run_id)
-        preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async)  # handlers first: a signal now is not fatal
-        recorder = make_recorder(plan, cfg, collect_environment(plan.topology))
-        if self.rank == 0:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(redact(plan.config), sort_keys=False))
-            plan.save(self.run_dir / "plan.json")
-        recorder.start()
-        trainer = None
-        try:
-            # evaluation generates with the configured settings (the Seq2SeqTrainer reads model.generation_config)
-            self.model.generation_config.update(**generation_kwargs(cfg.generation))
-            best = BestTracker(cfg.training.metric_for_best_model, cfg.training.greater_is_better,
-                               self.run_dir / "predictions.csv", datasets.eval.fnames)
-
-            # generation longest first (little padding per batch); summaries go back to dataset order
-            eval_set = LengthSorted(datasets.eval) if cfg.evaluation.sort_by_length else datasets.eval
-
-            def compute_metrics(pred) -> dict[str, float]:
-                summaries = evaluation_summaries(pred, eval_set, self.tokenizer)
-                best.latest_predictions = summaries
-                return score_summaries(summaries, datasets.eval.references, lang=cfg.evaluation.lang,
-                                       tokenizer=cfg.evaluation.tokenizer)
-
-            callbacks = [
-                RecorderCallback(recorder), best,
-                AnomalyDetector.from_config(cfg.monitoring, recorder, all_reduce_flag=any_rank_flag),
-                MemoryTracker(recorder, plan.memory),
-                Profiler.from_config(cfg.monitoring, recorder, num_params=self.model.num_parameters(),
-                                     target_to_source=cfg.data.max_target_length / cfg.data.max_source_length,
-                                     trace_dir=self.run_dir / "traces"),
-                *load_custom_callbacks(cfg.callbacks, recorder=recorder),
-                *sweep_callbacks_from_env(),
-                CheckpointCommitter(self.rank, plan.world_size, keep=cfg.training.save_total_limit),
-                preemption,  # after the callbacks that act at a step end; only early stopping (at evaluate) and the flush follow
-            ]
-            if cfg.training.early_stopping_patience:
-                callbacks.append(EarlyStoppingCallback(cfg.training.early_stopping_patience,
-                                                       cfg.training.early_stopping_threshold))
-            callbacks.append(RecorderFlush(recorder))  # after every callback that logs at a train or eval log
-            trainer = OOMBackoffTrainer(
-                model=self.model, args=self._training_arguments(len(datasets.eval)), train_dataset=datasets.train,
-                eval_dataset=eval_set, processing_class=self.tokenizer,
-                data_collator=self._data_collator(),
-                compute_metrics=compute_metrics, callbacks=callbacks, recorder=recorder,
-            )
-            self._train_or_resume(trainer, recorder)
-            if preemption.preempted_at is not None:
-                result.preempted_at = preemption.preempted_at
-                trainer = None
-                _teardown()  # peers leave now: rank 0's writes below may wait on a busy store
-                recorder.log_event(preemption.preempted_at, "preempted", {"signal": preemption.signal_name or "peer"})
-                recorder.finish("preempted", exit_code=PREEMPTED_EXIT_CODE)
-                return result
-            if not best.last_metrics and cfg.training.eval_strategy != "no":
-                trainer.evaluate()
-            result.best_metrics, result.best_step = best.best_metrics, best.best_step
-            result.final_metrics = best.last_metrics
-            model_dir = self._export_model(trainer)
-            result.model_path = str(model_dir)
-            if (self.run_dir / "predictions.csv").exists():
-                result.predictions_path = str(self.run_dir / "predictions.csv")
-            final_step = trainer.state.global_step
-            trainer = None
-            _teardown()  # peers leave now: rank 0's registration, prediction and closing writes wait on nobody
-            if cfg.tracking.register_model:  # before anything optional that can fail
-                result.model_version = recorder.register_model(model_dir, result.best_metrics or result.final_metrics,
-                                                               self._model_metadata(datasets, result))
-            if cfg.data.test_file and self.rank == 0:
-                result.submission_path = self._write_submission(model_dir, recorder, final_step)
-            summary = {f"best/{k}": v for k, v in result.best_metrics.items()}
-            summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
-            recorder.finish("completed", summary=summary)
-        except BaseException as exc:
-            # No teardown collective here: a peer may be dead or inside another collective; the process just exits.
-            status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
-            recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
-            raise
+    def _end_preempted(self, result: TrainResult, preemption: PreemptionCallback, recorder) -> TrainResult:
+        result.preempted_at = preemption.preempted_at
+        leave_process_group()  # peers leave now: rank 0's writes below may wait on a busy store
+        recorder.log_event(preemption.preempted_at, "preempted", {"signal": preemption.signal_name or "peer"})
+        recorder.finish("preempted", exit_code=PREEMPTED_EXIT_CODE)
         return result
 
-    def _train_or_resume(self, trainer, recorder) -> None:
-        """Resume from this run's newest complete checkpoint when there is one (a restarted, requeued or `--resume`d
-        job keeps its run id, so its run dir already holds them); at another world size, weights only."""
-        checkpoint = latest_checkpoint(self.run_dir / "checkpoints")
-        if checkpoint is None:
-            with safe_deepspeed_checkpoints() if self.plan.use_deepspeed else contextlib.nullcontext():
-                trainer.train()
-            return
-        marker = read_marker(checkpoint)
-        same_world = marker.get("world_size") == self.plan.world_size
-        data = {"checkpoint": checkpoint.name, "world_size": self.plan.world_size,
-                "saved_world_size": marker.get("world_size"),
-                "gradient_accumulation_steps": self.plan.gradient_accumulation_steps}
-        recorder.log_event(marker["step"], "resumed", data)
-        log.info("resuming from %s (saved on %s ranks, now %d)", checkpoint, marker.get("world_size"),
-                 self.plan.world_size)
-        with contextlib.ExitStack() as stack:
-            if self.plan.use_deepspeed:
-                stack.enter_context(safe_deepspeed_checkpoints())
-                if not same_world:
-                    recorder.log_event(marker["step"], "resume_optimizer_reset",
-                                       {**data, "reason": "ZeRO optimizer shards do not load at another world size"})
-                    stack.enter_context(deepspeed_weights_only_resume())
-            trainer.train(resume_from_checkpoint=str(checkpoint))
-
-    def _export_model(self, trainer) -> Path:
-        """Copy the best checkpoint's model files (safetensors, configs, tokenizer) to <run>/model, atomically."""
+    def _export_best(self, trainer, best: BestTracker) -> Path:
+        """The best evaluation's model files (safetensors, configs, tokenizer) in <run>/model, atomically: copied from
+        its complete checkpoint, or, when it was the evaluation of the final weights with no checkpoint after it (or
+        there was no evaluation), the weights in memory (save_model gathers ZeRO-3 shards, on every rank)."""
         target = self.run_dir / "model"
-        best_dir = trainer.state.best_model_checkpoint
-        if best_dir and read_marker(Path(best_dir)) is None:
-            raise RuntimeError(f"best checkpoint {best_dir} is incomplete (no {MARKER})")
-        if self.rank == 0:
-            tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=self.run_dir))
-            if best_dir:
-                for f in Path(best_dir).iterdir():
-                    if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES) and f.name != "trainer_state.json":
-                        shutil.copy2(f, tmp / f.name)
-        if not best_dir:  # no evaluation: the final weights are the model (save_model gathers ZeRO-3 shards)
+        checkpoint = None if best.best_step is None else self.run_dir / "checkpoints" / f"checkpoint-{best.best_step}"
+        if checkpoint is not None and best.best_step == trainer.state.global_step and not checkpoint.is_dir():
+            checkpoint = None  # the final evaluation, of the weights in memory
+        if checkpoint is not None and read_marker(checkpoint) is None:
+            raise RuntimeError(f"best checkpoint {checkpoint} is incomplete (no {MARKER})")
+        tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=self.run_dir)) if self.rank == 0 else None
+        if checkpoint is None:
             trainer.save_model(str(tmp) if self.rank == 0 else None)
+        elif self.rank == 0:
+            for f in checkpoint.iterdir():
+                if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES) and f.name != "trainer_state.json":
+                    shutil.copy2(f, tmp / f.name)
         if self.rank == 0:
             if target.exists():
                 shutil.rmtree(target)
@@ -308,8 +325,7 @@ class DialogueSummarizationTrainer:
         event (rerun it with `dialsum predict`), not a failed run."""
         from engine.predict import summarize_file
 
-        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if self.plan.device == "cuda"
-                  else torch.device("cpu"))
+        device = torch.device("cuda", self.world.local_rank) if self.plan.device == "cuda" else torch.device("cpu")
         try:
             path, rows = summarize_file(self.cfg, model_dir, self.cfg.data.test_file, self.run_dir / "submission.csv",
                                         batch_size=self.plan.eval_batch_size, device=device, key="data.test_file")
@@ -325,6 +341,7 @@ class DialogueSummarizationTrainer:
     def _model_metadata(self, datasets: Datasets, result: TrainResult) -> dict:
         return {
             "base_model": self.cfg.model.name_or_path,
+            "task": self.task.name,
             "data_hashes": {"train": datasets.train.content_hash, "eval": datasets.eval.content_hash},
             "best_step": result.best_step,
             "max_source_length": self.cfg.data.max_source_length,
@@ -343,7 +360,7 @@ def warmup_steps(ratio: float) -> float:
 def aligned_predictions(pred, dataset: SummarizationDataset | LengthSorted, pad_token_id: int):
     """Generated ids in the order of `dataset` (the evaluated one: LengthSorted when sorted). Distributed evaluation
     pads the last round with repeated samples (seen with DeepSpeed on CPU: 16 predictions for 10 rows), so keep the
-    first len(dataset) and prove the order by the labels (which the Seq2SeqTrainer pads with -100 or the pad token)."""
+    first len(dataset) and prove the order by the labels (which the Trainer pads with -100 or the pad token)."""
     n = len(dataset)
     if len(pred.predictions) < n:
         raise RuntimeError(f"evaluation returned {len(pred.predictions)} predictions for {n} rows")
@@ -370,7 +387,7 @@ def evaluation_summaries(pred, eval_set: SummarizationDataset | LengthSorted, to
     return eval_set.restore(summaries) if isinstance(eval_set, LengthSorted) else summaries
 
 
-def _teardown() -> None:
+def leave_process_group() -> None:
     """Free the engine and close the process group cleanly (without the barrier, about 1 in 10-30 runs aborted in gloo
     teardown). transformers keeps the Trainer's DeepSpeed config as a process-wide setting that `from_pretrained`
     obeys: under ZeRO-3 a model loaded after training (the submission, the Python API's next call) would be built
@@ -385,11 +402,17 @@ def _teardown() -> None:
 
 
 def create_trainer(config_path: str, sweep_mode: bool = False) -> DialogueSummarizationTrainer:
-    """Public API from the seed: config file -> trainer. In sweep mode (inside `wandb.agent`, after `wandb.init()`)
-    the W&B run's config is the sweep layer, named nested or flat through `engine.config_aliases`, and the run keeps
-    the W&B run's id, so the engine logs into that same W&B run (and leaves it open for the caller)."""
-    from engine.distributed import plan_for_this_process
+    """Public API from the seed: config file -> trainer, in this process (a world of one, or one rank of torchrun or
+    srun: rank 0 plans and broadcasts). In sweep mode (inside `wandb.agent`, after `wandb.init()`) the W&B run's config
+    is the sweep layer, named nested or flat through `engine.config_aliases`, and the run keeps the W&B run's id, so
+    the engine logs into that same W&B run (and leaves it open for the caller)."""
+    import os
 
+    from engine.distributed import plan_for_this_process
+    from engine.world import adopt_world
+
+    env = dict(os.environ)  # the one snapshot of this process's environment
+    world = adopt_world(env)
     sweep_params = None
     if sweep_mode:
         import wandb
@@ -400,11 +423,11 @@ def create_trainer(config_path: str, sweep_mode: bool = False) -> DialogueSummar
         if wandb.run is None:
             raise UserError("create_trainer(sweep_mode=True): no active W&B run; call wandb.init() first "
                             "(wandb.agent starts the function that does)")
-        base = load_config([config_path]).config
-        sweep_params, notes = to_config_params(dict(wandb.config), "wandb.config",
-                                               world=int(os.environ.get("WORLD_SIZE", "1")),
+        base = load_config([config_path], env=env).config
+        sweep_params, notes = to_config_params(dict(wandb.config), "wandb.config", world=world.world_size,
                                                base_global=base.training.global_batch_size)
         for note in notes:
             log.info("sweep parameter: %s", note)
-        os.environ["DIALSUM_RUN_ID"] = wandb.run.id  # the tracked run and the W&B run are one
-    return DialogueSummarizationTrainer(plan_for_this_process([config_path], sweep_params=sweep_params))
+        env["DIALSUM_RUN_ID"] = wandb.run.id  # the tracked run and the W&B run are one
+    return DialogueSummarizationTrainer(plan_for_this_process(world, env, [config_path], sweep_params=sweep_params),
+                                        world)

@@ -1,11 +1,10 @@
 """Memory model: parameters from a config alone, model-state bytes per GPU for ZeRO 0-3 (± CPU offload), activation
-bytes for encoder-decoder training, framework overhead, and the CPU RAM an offloaded plan needs.
+bytes (the task's formulas: `ACTIVATIONS`, e.g. launcher/memory_seq2seq.py), framework overhead, and the CPU RAM an
+offloaded plan needs.
 
 Model states follow DeepSpeed's own estimators (`estimate_zero2_model_states_mem_needs`,
 `estimate_zero3_model_states_mem_needs`), which count 18 bytes of gradients + fp32 master weights + Adam moments per
 parameter besides the 16-bit weights; `zero_paper_bytes` is the ZeRO paper's 16-bytes-per-parameter accounting.
-Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"),
-generalised to the model's FFN and attention widths and to cross-attention.
 """
 from __future__ import annotations
 
@@ -40,6 +39,9 @@ class ModelSpec:
     dropout: float = 0.0                # hidden-state dropout: a mask per layer output
     activation_dropout: float = 0.0     # dropout inside the FFN (T5: dropout_rate)
     tied_lm_head: bool = True           # lm_head shares the input embedding (its gradient joins the embedding's)
+    task: str = "seq2seq"               # engine/tasks: which activation formulas (ACTIVATIONS) and model class
+    # trainable ones a training step gives no gradient (launcher/unused_parameters.py); None: unknown
+    unused_parameters: tuple[str, ...] | None = ()
 
     @property
     def has_architecture(self) -> bool:
@@ -64,17 +66,20 @@ def untie_output_embeddings(model, raw_config: Mapping) -> None:
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if raw_config.get("tie_word_embeddings", True) is False and out is not None and out.weight is inp.weight:
         out.weight = torch.nn.Parameter(torch.empty_like(inp.weight))
-        if out.weight.device.type != "meta":
-            model._init_weights(out)
+        if out.weight.device.type != "meta":  # random weights at the config's initialisation scale
+            torch.nn.init.normal_(out.weight, std=getattr(model.config, "initializer_factor", None) or 0.02)
 
 
 def build_model(hf_config, raw_config: Mapping, device: str = "cpu", dtype=None):
-    """The model as `from_pretrained` builds it (random weights; untied where the checkpoint is), on `device`."""
+    """The model as `from_pretrained` builds it (its task's Auto class; random weights; untied where the checkpoint
+    is), on `device`."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM
 
+    from engine.tasks import get_task, task_of_config
+
+    model_class = get_task(task_of_config(hf_config)).model_class()
     with torch.device(device):
-        model = AutoModelForSeq2SeqLM.from_config(hf_config, **({"dtype": dtype} if dtype else {}))
+        model = model_class.from_config(hf_config, **({"dtype": dtype} if dtype else {}))
         untie_output_embeddings(model, raw_config)
     return model
 
@@ -84,6 +89,10 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
     accelerate's `init_empty_weights`: under transformers 5 the latter leaves tied embeddings untied (BART counted
     555k instead of 363k parameters); the meta device keeps them tied and is faster. `raw_config`: the config.json
     as written (default: the config's own dict), read for `tie_word_embeddings`."""
+    from engine.compat import attn_implementation
+    from engine.tasks import task_of_config
+    from launcher.unused_parameters import unused_trainable_parameters
+
     model = build_model(hf_config, raw_config if raw_config is not None else hf_config.to_dict(), device="meta")
     # parameters() yields a tied weight once; frozen ones (Pegasus' sinusoidal positions) get no gradient or optimizer
     # state, and the published counts leave them out
@@ -101,7 +110,8 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
         decoder_layers=_first(c, "decoder_layers", "num_decoder_layers", "num_layers"),
         vocab_size=_first(c, "vocab_size"),
         gated_ffn=bool(getattr(c, "is_gated_act", False)) or "gated" in str(getattr(c, "feed_forward_proj", "")),
-        attn_implementation=model.config._attn_implementation or "sdpa",
+        attn_implementation=attn_implementation(model.config), task=task_of_config(hf_config),
+        unused_parameters=unused_trainable_parameters(hf_config, raw_config if raw_config is not None else {}),
         attention_dropout=_rate(c, "attention_dropout", "dropout_rate"), dropout=_rate(c, "dropout", "dropout_rate"),
         activation_dropout=_rate(c, "activation_dropout", "dropout_rate"),
         tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
@@ -150,7 +160,7 @@ def raw_config(source: str | os.PathLike, **kwargs) -> dict:
     return PretrainedConfig.get_config_dict(str(source), **kwargs)[0]
 
 
-SPEC_CACHE_FORMAT = 2  # bump when spec_from_hf_config changes what it derives
+SPEC_CACHE_FORMAT = 4  # bump when spec_from_hf_config changes what it derives
 
 
 def spec_cache_dir() -> Path:
@@ -172,7 +182,9 @@ def _cached_spec(model_dir: Path, build) -> ModelSpec:
     key = hashlib.sha256(f"{SPEC_CACHE_FORMAT}\n".encode() + config.read_bytes()).hexdigest()[:32]
     path = spec_cache_dir() / f"{key}.json"
     try:
-        return ModelSpec(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        unused = data["unused_parameters"]
+        return ModelSpec(**{**data, "unused_parameters": None if unused is None else tuple(unused)})
     except (OSError, ValueError, TypeError):
         spec = build()
         atomic_write_text(path, json.dumps(asdict(spec)))
@@ -244,111 +256,32 @@ def cpu_bytes_per_node(spec: ModelSpec, *, stage: int, gpus_per_node: int, nnode
 
 
 # ---------------------------------------------------------------------------------------------------- activations
+# One module of formulas per task (engine/tasks), chosen by the spec's task.
 
-def fused_attention(spec: ModelSpec, device: str) -> bool:
-    """Whether training attention keeps only per-query statistics instead of the s x s probabilities. Eager attention
-    always keeps them. SDPA on CUDA runs flash / memory-efficient kernels (dropout included); on CPU, SDPA's fused
-    kernel only runs without attention dropout, with dropout it takes the math path (probabilities kept)."""
-    if spec.attn_implementation != "sdpa":
-        return False
-    return device == "cuda" or spec.attention_dropout == 0
+ACTIVATIONS = {"seq2seq": "launcher.memory_seq2seq"}
 
 
-@dataclass(frozen=True)
-class _Widths:
-    """Bytes of one kept element: w for activations; a dropout mask is a bool under CUDA's fused dropout, while CPU's
-    `input * noise` keeps the noise in the working dtype (0 where that dropout is off)."""
-    w: int
-    hidden_mask: int
-    ffn_mask: int
-    fused: bool
-    scores: int   # per attention-probability element: softmax output (+ noise and dropped-out copy with dropout);
-                  # fp32 under SDPA's CPU math path, which upcasts 16-bit inputs
+def _formulas(spec: ModelSpec):
+    import importlib
 
-
-def _widths(spec: ModelSpec, precision: str, device: str) -> _Widths:
-    w = 2 if precision in ("bf16", "fp16") else 4
-    mask = 1 if device == "cuda" else w
-    if device == "cpu" and spec.attn_implementation == "sdpa":   # SDPA's CPU math path computes in fp32
-        scores = 4 + (4 + 4 if spec.attention_dropout > 0 else 0)
-    else:
-        scores = w + (mask + w if spec.attention_dropout > 0 else 0)
-    return _Widths(w, mask if spec.dropout > 0 else 0, mask if spec.activation_dropout > 0 else 0,
-                   fused_attention(spec, device), scores)
-
-
-def _attention(spec: ModelSpec, x: _Widths, b: int, q: int, k: int, cross: bool) -> int:
-    """One attention block: its input and norm (2h), Q/K/V and the re-laid-out output (4·inner; cross-attention's K
-    and V are per source token), the output dropout mask, and the probabilities (or the fused kernel's output and
-    fp32 log-sum-exp)."""
-    h, i, a = spec.hidden_size, spec.attention_inner, spec.heads
-    per_query = (2 * h + (2 if cross else 4) * i) * x.w + h * x.hidden_mask
-    kv = 2 * i * x.w * k * b if cross else 0
-    probs = (i * x.w + 4 * a) * q * b if x.fused else a * q * k * b * x.scores
-    return per_query * q * b + kv + probs
-
-
-def _ffn(spec: ModelSpec, x: _Widths, tokens: int) -> int:
-    """Input and norm (2h), the intermediate (2f: activation input and output; 4f gated: both projections, the
-    activation and the product), the activation-dropout mask and the output dropout mask."""
-    h, f = spec.hidden_size, spec.ffn_size
-    return tokens * ((2 * h + (4 if spec.gated_ffn else 2) * f) * x.w + f * x.ffn_mask + h * x.hidden_mask)
-
-
-def _norm_upcast(spec: ModelSpec, x: _Widths, tokens: int) -> int:
-    """T5's RMSNorm squares an fp32 copy of its input when the model runs in 16 bits."""
-    return 4 * spec.hidden_size * tokens if spec.model_type in T5_FAMILY and x.w == 2 else 0
-
-
-def _encoder_layer(spec: ModelSpec, x: _Widths, s: int, b: int) -> int:
-    return _attention(spec, x, b, s, s, cross=False) + _ffn(spec, x, s * b) + 2 * _norm_upcast(spec, x, s * b)
-
-
-def _decoder_layer(spec: ModelSpec, x: _Widths, t: int, s: int, b: int) -> int:
-    return (_attention(spec, x, b, t, t, cross=False) + _attention(spec, x, b, t, s, cross=True)
-            + _ffn(spec, x, t * b) + 3 * _norm_upcast(spec, x, t * b))
+    return importlib.import_module(ACTIVATIONS[spec.task])
 
 
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int,
                      precision: str, checkpointing: bool, device: str) -> int:
-    """Peak activation bytes per rank for one micro-batch, counted tensor by tensor as autograd keeps them (after
-    Korthikanti et al. 2022, with this model's widths, device and precision; see `_Widths`). Full recomputation keeps
-    each layer's input plus one layer's activations while it is recomputed.
-
-    The peak is the largest of these moments: the start of backward (everything kept, plus the loss's log-softmax
-    output and two gradients of the logits, in the working dtype); with checkpointing, a layer's recomputation (the layer
-    inputs, one layer's activations and the lm_head's V·h gradient); and when backward reaches the shared embedding,
-    which sums its gradients (V·h each: from the decoder input and the tied lm_head, then their sum; from the encoder
-    input at the very end) while the encoder's kept activations are still there. Untied (mT5, T5 v1.1), the lm_head's
-    gradient is not in that sum: two V·h at most (measured 0.96-1.08 GiB for mt5-small fp32 at micro-batch 1)."""
+    """Peak activation bytes per rank of one training micro-batch (0 for a bare parameter count)."""
     if not spec.has_architecture:
         return 0
-    b, s, t, h = micro_batch, source_length, target_length, spec.hidden_size
-    x = _widths(spec, precision, device)
-    enc, dec = _encoder_layer(spec, x, s, b), _decoder_layer(spec, x, t, s, b)
-    embeddings = (s + t) * b * (2 * h * x.w + h * x.hidden_mask) + 2 * s * b * h * x.w  # + encoder output, final norm
-    embedding_grad = spec.vocab_size * h * x.w
-    logits = 3 * b * t * spec.vocab_size * x.w   # cross-entropy in the working dtype (BART, T5 call it directly)
-    if checkpointing:
-        encoder, decoder = b * h * x.w * s * spec.encoder_layers, b * h * x.w * t * spec.decoder_layers
-        recompute = embeddings + encoder + decoder + max(enc, dec) + embedding_grad
-    else:
-        encoder, decoder, recompute = enc * spec.encoder_layers, dec * spec.decoder_layers, 0
-    tied = spec.tied_lm_head
-    embedding_sum = embeddings + max(encoder + (3 if tied else 1) * embedding_grad, (3 if tied else 2) * embedding_grad)
-    lm_head = embeddings + encoder + decoder + b * t * spec.vocab_size * x.w + embedding_grad  # its V·h gradient
-    return max(embeddings + encoder + decoder + logits, recompute, embedding_sum, lm_head)
+    return _formulas(spec).activation_bytes(spec, micro_batch=micro_batch, source_length=source_length,
+                                            target_length=target_length, precision=precision,
+                                            checkpointing=checkpointing, device=device)
 
 
 def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_length: int, precision: str,
                      device: str) -> int:
-    """Activation bytes of generating for `rows` sequences (batch x beams): no backward, so the layer inputs and one
-    layer at a time, as under full recomputation, plus the decoder's cross-attention cache (2·rows·s·h a layer).
-    An over-estimate: generation keeps the logits of the last position only."""
-    w = 2 if precision in ("bf16", "fp16") else 4
-    kv = 2 * rows * source_length * spec.hidden_size * spec.decoder_layers * w
-    return activation_bytes(spec, micro_batch=rows, source_length=source_length, target_length=target_length,
-                            precision=precision, checkpointing=True, device=device) + kv
+    """Activation bytes of generating for `rows` sequences (batch x beams)."""
+    return _formulas(spec).generation_bytes(spec, rows=rows, source_length=source_length, target_length=target_length,
+                                            precision=precision, device=device)
 
 
 def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) -> int:

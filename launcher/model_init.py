@@ -48,7 +48,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
                             show_progress=False)
-    model = json.loads(bpe._tokenizer.to_str())["model"]
+    model = json.loads(bpe.to_str())["model"]
     return BartTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], model_max_length=1024)
 
 

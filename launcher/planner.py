@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.config import LoadedConfig
@@ -28,8 +28,7 @@ from launcher.memory_estimate import (
     GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, generation_bytes, model_spec, model_state_bytes,
     overhead_bytes,
 )
-from engine.distributed import backend_for
-from engine.plan import Plan
+from engine.plan import Plan, backend_for
 from launcher.topology import Topology
 
 
@@ -257,35 +256,40 @@ def _load_spec(name: str, device: str) -> tuple[ModelSpec | None, str]:
     return spec, f"{spec.model_type}, {spec.params / 1e6:.1f}M parameters (from {name})"
 
 
-def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, nnodes: int | None = None,
-              nproc_per_node: int | None = None, trace: bool = False) -> Plan:
-    """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view). `trace` (or
-    parallel.trace_memory): activations from a fake-tensor trace of the model class. Past runs of the model on this
-    kind of device correct the prediction (plan_history.memory_correction)."""
+def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Mapping[str, str] | None = None,
+              nnodes: int | None = None, nproc_per_node: int | None = None, trace: bool = False,
+              sweep_trial: dict | None = None, preempt_lead_s: float = 0.0) -> Plan:
+    """Plan a run of `loaded.config` on `topology` (nnodes default: the topology's cluster view). A function of its
+    arguments: `env` is the environment snapshot the entry point took (default: an empty one); what the plan takes
+    from it is accelerate's DeepSpeed settings and OMP_NUM_THREADS. `trace` (or parallel.trace_memory): activations
+    from a fake-tensor trace of the model class. Past runs of the model on this kind of device correct the prediction
+    (plan_history.memory_correction). `sweep_trial` and `preempt_lead_s` are recorded for the ranks."""
     from launcher.plan_history import memory_correction
 
+    env = {} if env is None else env
     cfg = loaded.config
     device = "cuda" if topology.gpus else "cpu"
     spec, model_reason = _load_spec(cfg.model.name_or_path, device)
     memory = {"correction": memory_correction(cfg, device) if spec else None,
               "trace": (trace or cfg.parallel.trace_memory) and spec is not None}
-    user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, os.environ)
+    user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, env)
     if user_ds is None:
         plan = plan_for_spec(cfg, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                             **memory)
+                             env=env, **memory)
         if plan.use_deepspeed:
             plan.reasons["deepspeed_config"] = (f"dialsum's plan: rendered for the choices above (ds_configs zero"
                                                 f"{plan.zero_stage}.json, every value filled)")
     else:
         plan = plan_user_deepspeed(user_ds, cfg, spec, topology, run_id=run_id, nnodes=nnodes,
-                                   nproc_per_node=nproc_per_node, **memory)
+                                   nproc_per_node=nproc_per_node, env=env, **memory)
     plan.config, plan.config_sources = loaded.to_dict(), dict(loaded.sources)
     plan.reasons = {"model": model_reason, **plan.reasons}
+    plan.sweep_trial, plan.preempt_lead_s = sweep_trial, preempt_lead_s
     return plan
 
 
 def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *, run_id: str,
-                  nnodes: int | None = None, nproc_per_node: int | None = None,
+                  nnodes: int | None = None, nproc_per_node: int | None = None, env: Mapping[str, str] | None = None,
                   correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
     """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan).
     `correction`: (factor, reason) from past runs; `trace`: activations traced from cfg.model.name_or_path."""
@@ -342,7 +346,8 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
     accum = per_rank // micro
     use_deepspeed, reasons["deepspeed"] = choose_deepspeed(par, chosen)
     speed = speed_choices(cfg, topology, chosen, micro=micro, nproc=nproc, setting=None if spec is None else setting,
-                          model_states=fp.model_states if spec is not None else 0)
+                          model_states=fp.model_states if spec is not None else 0, world=world,
+                          use_deepspeed=use_deepspeed)
     reasons.update(speed.reasons)
     ds = None
     if use_deepspeed:
@@ -353,13 +358,15 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                                      offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params)
     return Plan(
         run_id=run_id, config={}, config_sources={}, device=device, backend=backend_for(device),
+        task=spec.task if spec else "seq2seq",
         nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
         use_deepspeed=use_deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
         gradient_accumulation_steps=accum, global_batch_size=micro * accum * world, deepspeed_config=ds,
-        reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc), topology=topology.to_dict(),
+        reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc, env or {}), topology=topology.to_dict(),
         group_by_length=speed.group_by_length, eval_batch_size=speed.eval_batch_size, optim=speed.optim,
-        dataloader_num_workers=speed.dataloader_num_workers, pad_to_multiple_of=speed.pad_to_multiple_of)
+        dataloader_num_workers=speed.dataloader_num_workers, pad_to_multiple_of=speed.pad_to_multiple_of,
+        find_unused_parameters=speed.find_unused_parameters)
 
 
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
@@ -390,13 +397,14 @@ def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int
     return dataclasses.replace(setting, activation_scale=tuple(scale)), info
 
 
-def _rank_env(device: str, topology: Topology, nproc: int) -> dict[str, str]:
-    """What the ranks must see: the CPU accelerator for DeepSpeed, and one share of the cores per rank (torchrun
-    sets OMP_NUM_THREADS=1 for several ranks; without a share, 2 ranks on 2 cores ran 4 compute threads)."""
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, topology.cpu_cores // nproc))}
+def _rank_env(device: str, topology: Topology, nproc: int, env: Mapping[str, str]) -> dict[str, str]:
+    """What the rank processes start with: the CPU accelerator for DeepSpeed, and one share of the cores per rank
+    unless OMP_NUM_THREADS is set (torchrun sets 1 for several ranks; without a share, 2 ranks on 2 cores ran 4
+    compute threads)."""
+    ranks = {"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(max(1, topology.cpu_cores // nproc))}
     if device == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
+        ranks["DS_ACCELERATOR"] = "cpu"
+    return ranks
 
 
 def _explain(s: Setting, par: ParallelConfig, c: Candidate, micro: int, fp: Footprint, per_rank: int) -> dict:
@@ -470,7 +478,7 @@ def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
 # ---------------------------------------------------------------------------------------------------- user DeepSpeed
 
 def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *,
-                        run_id: str, nnodes: int | None, nproc_per_node: int | None,
+                        run_id: str, nnodes: int | None, nproc_per_node: int | None, env: Mapping[str, str],
                         correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
     """Plan around a DeepSpeed config the user brought: its stage, offload, precision and batch split become pins
     (so the same memory model checks them, and a config that cannot fit fails saying by how much), its "auto" values
@@ -501,7 +509,7 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
         setattr(pinned.parallel, key, value)
     try:
         plan = plan_for_spec(pinned, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                             correction=correction, trace=trace)
+                             env=env, correction=correction, trace=trace)
     except UserError as exc:
         raise UserError(f"{user.source}: {exc}") from None
     values = auto_values(zero_stage=plan.zero_stage, precision=plan.precision, micro_batch_size=plan.micro_batch_size,
@@ -554,6 +562,7 @@ class SpeedChoices:
     optim: str
     dataloader_num_workers: int
     pad_to_multiple_of: int
+    find_unused_parameters: bool
     reasons: dict
 
 
@@ -628,9 +637,10 @@ def _workers(pinned: int | None, device: str, topology: Topology, nproc: int) ->
 
 
 def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro: int, nproc: int,
-                  setting: Setting | None, model_states: int) -> SpeedChoices:
+                  setting: Setting | None, model_states: int, world: int, use_deepspeed: bool) -> SpeedChoices:
     """Length-grouped training batches, generation batches sized for inference memory, the fused AdamW, loader
-    workers from the cores left per rank, batch lengths padded to a multiple of 8."""
+    workers from the cores left per rank, batch lengths padded to a multiple of 8, and DDP's unused-parameter search
+    only where the model needs it."""
     t = cfg.training
     device = "cuda" if topology.gpus else "cpu"
     group = t.group_by_length is not False
@@ -649,6 +659,22 @@ def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro
         optim, optim_reason = "adamw_torch", "adamw_torch: no fused AdamW before torch 2.8"
     workers, workers_reason = _workers(t.dataloader_num_workers, device, topology, nproc)
     pad, pad_reason = _pad_multiple(cfg)
-    return SpeedChoices(group, eval_batch, optim, workers, pad,
+    unused, unused_reason = _find_unused(setting, use_deepspeed, world)
+    return SpeedChoices(group, eval_batch, optim, workers, pad, unused,
                         {"group_by_length": group_reason, "eval_batch_size": eval_reason, "optim": optim_reason,
-                         "dataloader_num_workers": workers_reason, "pad_to_multiple_of": pad_reason})
+                         "dataloader_num_workers": workers_reason, "pad_to_multiple_of": pad_reason,
+                         "find_unused_parameters": unused_reason})
+
+
+def _find_unused(setting: Setting | None, use_deepspeed: bool, world: int) -> tuple[bool, str]:
+    """DDP's search for parameters without a gradient: a walk of the autograd graph after every forward, and a
+    warning each run when there are none. On only where the model has such parameters (or they are unknown)."""
+    if use_deepspeed or world == 1:
+        return False, f"off: {'DeepSpeed reduces gradients itself' if use_deepspeed else 'one rank, no DDP'}"
+    unused = setting.spec.unused_parameters if setting is not None and setting.spec.has_architecture else None
+    if unused is None:
+        return True, "on: which parameters get gradients is not known for this model (transformers' default)"
+    if unused:
+        return True, f"on: {len(unused)} trainable parameter(s) get no gradient in a training step (e.g. {unused[0]})"
+    return False, ("off: every trainable parameter gets a gradient in a training step (traced on fake tensors), so "
+                   "DDP skips its graph walk after every forward")

@@ -42,12 +42,13 @@ def spawn_ranks(plan: Plan, plan_path: Path, *, node_rank: int = 0, master_addr:
     """Run `python -m engine --plan PLAN` on `plan.nproc_per_node` local ranks; several nodes meet at master_addr.
     Local rank 0 prints to the console; the others write `logs/` in the run folder (every rank prints with verbose)."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
-    os.environ.update(plan.env)
+    # The rank processes inherit this environment (torch elastic takes no other): the plan's, and its secrets, the one
+    # value besides the plan file that crosses to the ranks (engine/plan.py). Set for every spawn, so a restart with
+    # a new plan carries that plan's.
+    os.environ.update({**plan.env, **plan.secrets_env()})
     # A fresh TCPStore for every (re)started worker group: the shared rendezvous store keeps the dead group's gloo
     # addresses, and a restarted rank then dials a dead peer ("connectFullMesh ... Connection refused").
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    # the preemption lead the ranks compare their step and checkpoint times with (engine/signals.py)
-    os.environ.setdefault("DIALSUM_PREEMPT_LEAD_S", str(SHUTDOWN_GRACE_S))
     if plan.nnodes == 1 and master_addr is None:
         backend, endpoint, rdzv_configs = "c10d", "localhost:0", {}  # what `torchrun --standalone` does
     else:  # static: the first node hosts the store; every node waits rdzv_timeout for the others to join

@@ -188,23 +188,26 @@ def detect_topology(env: dict[str, str] | None = None) -> Topology:
 
 
 def cluster_from_env(env: dict[str, str]) -> ClusterInfo:
-    """SLURM job variables and torchrun/accelerate rank variables. Under `srun torchrun` every worker inherits
-    SLURM_NTASKS=1, so the node count comes from SLURM_NNODES, ranks from RANK/WORLD_SIZE."""
+    """The SLURM job (job id, tasks, node list and count) and where this process sits in its world
+    (`engine.world.detect_world`, the one reader of the rank variables; None for a process no launcher started)."""
+    from engine.world import detect_world
+
     def num(name: str) -> int | None:
         value = env.get(name, "").strip()
         return int(value) if value.isdigit() else None
 
-    world, local_world = num("WORLD_SIZE"), num("LOCAL_WORLD_SIZE")
+    world = detect_world(env)
+    started = world.kind != "single"
     slurm = bool(env.get("SLURM_JOB_ID"))
     nnodes = (num("SLURM_NNODES") or num("SLURM_JOB_NUM_NODES")) if slurm else None
-    if nnodes is None and world and local_world:
-        nnodes = max(1, world // local_world)
     return ClusterInfo(
-        scheduler="slurm" if slurm else ("torchrun" if world is not None else "none"),
-        nnodes=nnodes or 1, job_id=env.get("SLURM_JOB_ID") or None, ntasks=num("SLURM_NTASKS"),
+        scheduler="slurm" if slurm else ("torchrun" if started else "none"),
+        nnodes=nnodes or world.nnodes, job_id=env.get("SLURM_JOB_ID") or None, ntasks=num("SLURM_NTASKS"),
         nodelist=env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or None,
-        world_size=world, local_world_size=local_world, rank=num("RANK"), local_rank=num("LOCAL_RANK"),
-        master_addr=env.get("MASTER_ADDR") or None)
+        world_size=world.world_size if started else None,
+        local_world_size=world.local_world_size if started else None,
+        rank=world.rank if started else None, local_rank=world.local_rank if started else None,
+        master_addr=world.master_addr if started else None)
 
 
 def _cpu_bf16() -> bool:

@@ -40,6 +40,20 @@ def small_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
     return path
 
 
+PROBE_API_KEY = "sk-RESTART-7c1d"
+PROBE_WEBHOOK = "https://hook:HOOKPW-3e5f@hooks.example.org/notify"
+
+
+def secret_probe() -> dict:
+    """A `callbacks:` entry whose secret-named key and URL password must reach every rank unredacted
+    (tests/fault_callbacks.py:SecretProbe fails the rank otherwise)."""
+    import hashlib
+
+    digest = hashlib.sha256((PROBE_API_KEY + PROBE_WEBHOOK).encode()).hexdigest()
+    return {"path": "fault_callbacks:SecretProbe",
+            "kwargs": {"api_key": PROBE_API_KEY, "webhook_url": PROBE_WEBHOOK, "digest": digest}}
+
+
 # Below pytest's 600 s, so a hung launch fails with its own output and its processes are ended by the test itself.
 LAUNCH_TIMEOUT_S = 480
 

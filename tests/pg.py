@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 SERVICE_USER = "postgres"
+PASSWORD_ROLE = "dialsum_secret"  # postgres_password_url's role: pg_hba.conf asks it for its password
 
 
 def _bin_dir() -> Path | None:
@@ -83,6 +84,9 @@ def postgres_server():
         log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start: {(start.stderr + log).strip()[-300:]}")
+    hba = data / "pg_hba.conf"  # the one role that must log in with its password; everyone else is trusted
+    hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    _run_as_service_user([*pg_ctl, "reload"])
     try:
         yield "127.0.0.1", port, "postgres"
     finally:
@@ -102,3 +106,23 @@ def postgres_url(postgres_server):
     yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
     with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_password_url(postgres_server):
+    """A SQLAlchemy URL with a password in it, of a new database whose role the server asks for that password: a URL
+    that reached a rank redacted (`:***@`) cannot connect."""
+    import secrets
+
+    import psycopg
+
+    host, port, user = postgres_server
+    name, password = f"dialsum_{uuid.uuid4().hex[:12]}", f"pw-{secrets.token_hex(8)}"
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'")
+        conn.execute(f'CREATE DATABASE "{name}" OWNER {PASSWORD_ROLE}')
+    yield f"postgresql+psycopg://{PASSWORD_ROLE}:{password}@{host}:{port}/{name}"
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")

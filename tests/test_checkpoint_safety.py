@@ -12,7 +12,7 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
-from engine.checkpointing import safe_deepspeed_checkpoints
+from engine.compat import safe_deepspeed_checkpoints
 
 
 class _Payload:

@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.data import (Dialogue, _encode_sources, find_placeholder_tokens, read_dialogues, tokenize_split,
+from engine.tasks.seq2seq import Seq2SeqEncoder
+from engine.compat import fast_encode
+from engine.data import (Dialogue, find_placeholder_tokens, read_dialogues, tokenize_split,
                          tokenizer_fingerprint)
 from engine.errors import UserError
 
@@ -131,7 +133,7 @@ def _split(mini_data, n=40):
 
 def test_tokenize_truncates_without_padding_and_keeps_metadata(mini_data, tokenizer):
     rows = _split(mini_data)
-    ds = tokenize_split(rows, tokenizer, max_source_length=200, max_target_length=16, source_prefix="",
+    ds = tokenize_split(rows, tokenizer, Seq2SeqEncoder(200, 16),
                         with_labels=True, cache_dir=None)
     assert len(ds) == 40 and ds.fnames == [r.fname for r in rows] and ds.references == [r.references for r in rows]
     assert not ds.from_cache
@@ -146,7 +148,7 @@ def test_tokenize_truncates_without_padding_and_keeps_metadata(mini_data, tokeni
     assert item["input_ids"][-1] == item["labels"][-1] == tokenizer.eos_token_id
     assert tokenizer.pad_token_id not in item["input_ids"]
 
-    unlabeled = tokenize_split(rows, tokenizer, max_source_length=64, max_target_length=16, source_prefix="summarize: ",
+    unlabeled = tokenize_split(rows, tokenizer, Seq2SeqEncoder(64, 16, "summarize: "),
                                with_labels=False, cache_dir=None)
     assert "labels" not in unlabeled[0]
     assert unlabeled[0]["input_ids"] == tokenizer("summarize: " + rows[0].dialogue, max_length=64,
@@ -158,7 +160,7 @@ def test_fast_source_encoding_matches_the_tokenizer_call(mini_data, tokenizer):
     for side in ("right", "left"):
         tokenizer.truncation_side = side
         try:
-            assert _encode_sources(tokenizer, texts, 100) == tokenizer(texts, max_length=100, truncation=True)["input_ids"]
+            assert fast_encode(tokenizer, texts, 100) == tokenizer(texts, max_length=100, truncation=True)["input_ids"]
         finally:
             tokenizer.truncation_side = "right"
 
@@ -166,8 +168,7 @@ def test_fast_source_encoding_matches_the_tokenizer_call(mini_data, tokenizer):
 def test_collator_masks_label_padding_with_minus_100(mini_data, tokenizer):
     from transformers import DataCollatorForSeq2Seq
 
-    ds = tokenize_split(_split(mini_data, 8), tokenizer, max_source_length=48, max_target_length=24, source_prefix="",
-                        with_labels=True, cache_dir=None)
+    ds = tokenize_split(_split(mini_data, 8), tokenizer, Seq2SeqEncoder(48, 24), with_labels=True, cache_dir=None)
     items = [ds[i] for i in range(8)]
     lengths = [len(it["labels"]) for it in items]
     assert len(set(lengths)) > 1  # the batch really needs padding
@@ -185,32 +186,33 @@ def test_collator_masks_label_padding_with_minus_100(mini_data, tokenizer):
 
 def test_cache_roundtrip_and_invalidation(tmp_path, mini_data, tokenizer):
     rows = _split(mini_data)
-    args = dict(max_source_length=64, max_target_length=16, source_prefix="", with_labels=True, cache_dir=tmp_path)
-    first = tokenize_split(rows, tokenizer, **args)
+    encoder = Seq2SeqEncoder(64, 16)
+    args = dict(with_labels=True, cache_dir=tmp_path)
+    first = tokenize_split(rows, tokenizer, encoder, **args)
     files = list(tmp_path.glob("*.npz"))
     assert not first.from_cache and len(files) == 1
     assert not list(tmp_path.glob("*.tmp"))
     with np.load(files[0], allow_pickle=False) as npz:
         assert set(npz.files) == {"src_ids", "src_offsets", "tgt_ids", "tgt_offsets"}
 
-    second = tokenize_split(rows, tokenizer, **args)
+    second = tokenize_split(rows, tokenizer, encoder, **args)
     assert second.from_cache
     assert [second[i] for i in range(len(rows))] == [first[i] for i in range(len(rows))]
     assert second.fnames == first.fnames and second.references == first.references
 
     # anything that changes the ids is a miss
-    assert not tokenize_split(rows, tokenizer, **{**args, "source_prefix": "summarize: "}).from_cache
-    assert not tokenize_split(rows, tokenizer, **{**args, "max_target_length": 8}).from_cache
-    assert not tokenize_split(rows, tokenizer, **{**args, "with_labels": False}).from_cache
+    assert not tokenize_split(rows, tokenizer, Seq2SeqEncoder(64, 16, "summarize: "), **args).from_cache
+    assert not tokenize_split(rows, tokenizer, Seq2SeqEncoder(64, 8), **args).from_cache
+    assert not tokenize_split(rows, tokenizer, encoder, **{**args, "with_labels": False}).from_cache
     edited = [Dialogue(r.fname, r.dialogue + " ok", r.references) for r in rows]
-    assert not tokenize_split(edited, tokenizer, **args).from_cache
+    assert not tokenize_split(edited, tokenizer, encoder, **args).from_cache
     assert len(list(tmp_path.glob("*.npz"))) == 5
 
     # a corrupt cache file is re-tokenized and rewritten, not trusted
     files[0].write_bytes(b"not a zip")
-    again = tokenize_split(rows, tokenizer, **args)
+    again = tokenize_split(rows, tokenizer, encoder, **args)
     assert not again.from_cache and again[3] == first[3]
-    assert tokenize_split(rows, tokenizer, **args).from_cache
+    assert tokenize_split(rows, tokenizer, encoder, **args).from_cache
 
 
 def test_tokenizer_fingerprint_sees_added_tokens_not_call_state(tiny_model_dir):
@@ -227,7 +229,7 @@ def test_tokenizer_fingerprint_sees_added_tokens_not_call_state(tiny_model_dir):
 def test_labels_need_a_summary(tokenizer):
     rows = [Dialogue("t0", "#Person1#: hi", [])]
     with pytest.raises(UserError, match="without a summary: t0"):
-        tokenize_split(rows, tokenizer, max_source_length=32, max_target_length=8, with_labels=True, cache_dir=None)
+        tokenize_split(rows, tokenizer, Seq2SeqEncoder(32, 8), with_labels=True, cache_dir=None)
 
 
 def test_tokenizes_full_dialogsum_size_and_loads_it_back_from_the_cache(mini_data, tokenizer, tmp_path):
@@ -236,12 +238,12 @@ def test_tokenizes_full_dialogsum_size_and_loads_it_back_from_the_cache(mini_dat
     itself is benchmarks/bench_tokenize.py's: timings of one core shared with other tests vary by 40%."""
     base = read_dialogues(mini_data["train_csv"], require_summary=True)
     rows = [Dialogue(f"{r.fname}-{k}", r.dialogue, r.references) for k in range(13) for r in base][:12500]
-    args = dict(max_source_length=512, max_target_length=128, source_prefix="", with_labels=True, cache_dir=tmp_path)
+    args = dict(with_labels=True, cache_dir=tmp_path)
     start = time.process_time()
-    ds = tokenize_split(rows, tokenizer, **args)
+    ds = tokenize_split(rows, tokenizer, Seq2SeqEncoder(512, 128), **args)
     tokenize_s = time.process_time() - start
     assert len(ds) == 12500 and not ds.from_cache
     start = time.process_time()
-    cached = tokenize_split(rows, tokenizer, **args)
+    cached = tokenize_split(rows, tokenizer, Seq2SeqEncoder(512, 128), **args)
     assert cached.from_cache and time.process_time() - start < tokenize_s / 3
     assert cached[12499] == ds[12499]

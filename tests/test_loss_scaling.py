@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
+from engine.tasks.seq2seq import Seq2SeqEncoder
 from engine.data import read_dialogues, tokenize_split
 from engine.modeling import load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer
@@ -16,7 +17,7 @@ from launch_helpers import REPO_ROOT
 def _first_loss(tmp_path, model_dir, micro: int, accumulation: int) -> float:
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)), [])
     rows = read_dialogues(REPO_ROOT / "data/dialogsum-mini/train.csv", require_summary=True, limit=8)
-    data = tokenize_split(rows, tokenizer, max_source_length=64, max_target_length=16, with_labels=True, cache_dir=None)
+    data = tokenize_split(rows, tokenizer, Seq2SeqEncoder(64, 16), with_labels=True, cache_dir=None)
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / f"{micro}x{accumulation}"), use_cpu=True,
                                     report_to="none", per_device_train_batch_size=micro,
                                     gradient_accumulation_steps=accumulation, max_steps=1, logging_steps=1, seed=3,

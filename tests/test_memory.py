@@ -168,7 +168,7 @@ def test_encoder_layer_follows_korthikanti():
 
 
 def test_attention_path_follows_implementation_device_and_dropout():
-    from launcher.memory_estimate import fused_attention
+    from launcher.memory_seq2seq import fused_attention
 
     bart = _korthikanti_spec(attn_implementation="sdpa", attention_dropout=0.1)
     kobart = ModelSpec(**{**bart.__dict__, "attention_dropout": 0.0})

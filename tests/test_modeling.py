@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from engine.tasks.seq2seq import Seq2SeqEncoder
 from engine.data import find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.errors import UserError
 from launcher.model_init import SIZES, build_model, init_model, train_tokenizer
@@ -184,7 +185,7 @@ def test_forward_backward_and_generate(mini_data, tiny_model_dir):
 
     rows = read_dialogues(mini_data["train_csv"], require_summary=True, limit=4)
     model, tok = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)), find_placeholder_tokens(rows))
-    ds = tokenize_split(rows, tok, max_source_length=128, max_target_length=32, source_prefix="", with_labels=True,
+    ds = tokenize_split(rows, tok, Seq2SeqEncoder(128, 32), with_labels=True,
                         cache_dir=None)
     batch = DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100)([ds[i] for i in range(4)])
     assert "decoder_input_ids" in batch  # built from labels with decoder_start_token_id

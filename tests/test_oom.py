@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
+from engine.tasks.seq2seq import Seq2SeqEncoder
 from engine.data import find_placeholder_tokens, read_dialogues, tokenize_split
 from engine.modeling import load_model_and_tokenizer
 from engine.oom import OOMBackoffTrainer, split_batch
@@ -40,7 +41,7 @@ def test_split_chunks_give_the_same_gradients(tmp_path, tiny_model_dir, accumula
     model.accepts_loss_kwargs = False
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = read_dialogues(REPO_ROOT / "data/dialogsum-mini/train.csv", require_summary=True, limit=4)
-    data = tokenize_split(rows, tokenizer, max_source_length=64, max_target_length=16, with_labels=True, cache_dir=None)
+    data = tokenize_split(rows, tokenizer, Seq2SeqEncoder(64, 16), with_labels=True, cache_dir=None)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     batch = collator([data[i] for i in range(4)])
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
@@ -83,7 +84,7 @@ def test_injected_oom_on_one_rank_backs_off_on_all_ranks_under_deepspeed(tmp_pat
     rows = read_dialogues(mini / "train.csv", require_summary=True, limit=48)
     tags = find_placeholder_tokens(rows + read_dialogues(mini / "dev.csv", require_summary=True, limit=12))
     _, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)), tags)
-    data = tokenize_split(rows, tokenizer, max_source_length=128, max_target_length=32, with_labels=True, cache_dir=None)
+    data = tokenize_split(rows, tokenizer, Seq2SeqEncoder(128, 32), with_labels=True, cache_dir=None)
     expected = sum(len(data[i]["input_ids"]) for i in range(len(data)))
     counted = [int((tmp_path / f"tokens_rank{r}.txt").read_text()) for r in (0, 1)]
     assert counted == [expected, expected]

@@ -546,3 +546,33 @@ def test_plan_table_in_a_log_file_is_not_folded_at_80_columns(tmp_path):
                              env=env if columns is None else {**env, "COLUMNS": columns}).stdout
         widths[columns] = max(len(line) for line in out.splitlines())
     assert 80 < widths[None] <= LOG_WIDTH and widths["100"] <= 100, widths
+
+
+def test_ddp_looks_for_unused_parameters_only_where_the_model_has_them():
+    """transformers turns DDP's find_unused_parameters on for every model without checkpointing: a graph walk after
+    each forward and a warning each run. The plan traces one step on fake tensors instead: BART and T5 give every
+    trainable parameter a gradient (off); a model that leaves one without (on); one that cannot be traced (on)."""
+    from launcher.memory_estimate import model_spec, raw_config
+    from launcher.planner import _find_unused, Setting
+    from launcher.unused_parameters import unused_trainable_parameters
+
+    for name in ("bart-base", "t5-base"):
+        path = FIXTURES.parent / "model_configs" / name
+        assert unused_trainable_parameters(AutoConfig.from_pretrained(path), raw_config(path)) == (), name
+    led = AutoConfig.for_model("led", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=100,
+                               attention_window=[4], max_encoder_position_embeddings=64,
+                               max_decoder_position_embeddings=64)
+    assert unused_trainable_parameters(led, {}) is None  # its attention reads tensor values: not traceable
+
+    plan = plan_for(str(FIXTURES.parent / "model_configs" / "bart-base"), "cpu-only", nproc=2, deepspeed=False)
+    assert plan.find_unused_parameters is False and plan.reasons["find_unused_parameters"].startswith("off: every")
+    spec = model_spec(FIXTURES.parent / "model_configs" / "bart-base")
+    setting = Setting(spec=dataclasses.replace(spec, unused_parameters=("model.pooler.weight",)), device="cpu",
+                      precision="fp32", nnodes=1, nproc=2, source_length=512, target_length=128, device_bytes=1,
+                      budget=1, cpu_budget=1, slow_interconnect=False)
+    assert _find_unused(setting, use_deepspeed=False, world=2) == (
+        True, "on: 1 trainable parameter(s) get no gradient in a training step (e.g. model.pooler.weight)")
+    assert _find_unused(setting, use_deepspeed=True, world=2)[0] is False
+    assert _find_unused(dataclasses.replace(setting, spec=dataclasses.replace(spec, unused_parameters=None)),
+                        use_deepspeed=False, world=2)[0] is True

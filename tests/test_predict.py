@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from engine.tasks.seq2seq import Seq2SeqEncoder
 from engine.store import Registry, open_store
 from launcher.cli import main
 
@@ -142,9 +143,10 @@ def test_bad_input_and_batch_size_exit_2(project, capsys, tmp_path):
 
 
 def test_generation_kwargs_follow_config():
-    from engine.modeling import generation_kwargs
+    from engine.tasks.seq2seq import Seq2SeqTask
     from engine.schema import GenerationConfig
 
+    generation_kwargs = Seq2SeqTask().generation_kwargs
     beams = generation_kwargs(GenerationConfig(num_beams=4, max_new_tokens=50, min_new_tokens=5, early_stopping=True))
     assert (beams["max_length"], beams["min_length"], beams["early_stopping"]) == (51, 6, True)
     greedy = generation_kwargs(GenerationConfig(num_beams=1, min_new_tokens=0, early_stopping=True))
@@ -160,7 +162,7 @@ def varied_dev(varied_model_dir, mini_data):
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(varied_model_dir)), [])
     rows = read_dialogues(mini_data["dev_csv"], require_summary=True, limit=16)
-    dev = {labels: tokenize_split(rows, tokenizer, max_source_length=MAX_SOURCE, max_target_length=64,
+    dev = {labels: tokenize_split(rows, tokenizer, Seq2SeqEncoder(MAX_SOURCE, 64),
                                   with_labels=labels, cache_dir=None) for labels in (False, True)}
     return model.eval(), tokenizer, dev
 
@@ -168,7 +170,8 @@ def varied_dev(varied_model_dir, mini_data):
 def _generate_in_dataset_order(model, tokenizer, dataset, generation, batch_size: int) -> list[str]:
     import torch
 
-    from engine.modeling import decode_summaries, generation_kwargs
+    from engine.modeling import decode_summaries
+    from engine.tasks.seq2seq import Seq2SeqTask
 
     out: list[str] = []
     with torch.inference_mode():
@@ -176,7 +179,7 @@ def _generate_in_dataset_order(model, tokenizer, dataset, generation, batch_size
             rows = [{"input_ids": dataset[i]["input_ids"], "attention_mask": dataset[i]["attention_mask"]}
                     for i in range(start, min(start + batch_size, len(dataset)))]
             batch = tokenizer.pad(rows, return_tensors="pt")
-            out += decode_summaries(tokenizer, model.generate(**batch, **generation_kwargs(generation)))
+            out += decode_summaries(tokenizer, model.generate(**batch, **Seq2SeqTask().generation_kwargs(generation)))
     return out
 
 
@@ -203,7 +206,7 @@ def test_trainer_evaluation_runs_longest_first_and_returns_dataset_order(varied_
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
     from engine.data import LengthSorted
-    from engine.modeling import generation_kwargs
+    from engine.tasks.seq2seq import Seq2SeqTask
     from engine.oom import OOMBackoffTrainer
     from engine.recorder import NullRecorder
     from engine.schema import GenerationConfig
@@ -211,7 +214,7 @@ def test_trainer_evaluation_runs_longest_first_and_returns_dataset_order(varied_
 
     model, tokenizer, dev = varied_dev
     generation = GenerationConfig(num_beams=2, max_new_tokens=12)
-    model.generation_config.update(**generation_kwargs(generation))
+    model.generation_config.update(**Seq2SeqTask().generation_kwargs(generation))
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_eval_batch_size=5,
                                     predict_with_generate=True, generation_max_length=generation.max_new_tokens + 1,
                                     generation_num_beams=generation.num_beams, report_to="none",

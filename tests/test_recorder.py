@@ -64,7 +64,7 @@ def test_locked_sweep_store_delays_an_evaluation_by_at_most_the_prune_wait(tmp_p
     from transformers import TrainerControl, TrainerState
 
     from engine.callbacks import pruning
-    from engine.callbacks.pruning import open_storage
+    from engine.sweep_trial import open_storage
 
     monkeypatch.setattr(pruning, "PRUNE_WAIT_S", 2.0)
     db = tmp_path / "optuna.db"

@@ -1,5 +1,6 @@
 """Secrets leave a process only redacted (engine.redact.redact): plan.json holds '***' while the ranks get the real
-config through their environment, and log lines pass through the same redaction. The end-to-end check that no file a
+values through the one secrets variable the launcher sets (engine.plan.SECRETS_ENV), and log lines pass through the
+same redaction. The end-to-end check that no file a
 launch writes holds a secret is test_entrypoints.py::test_single_rank_launch_writes_no_secret_anywhere."""
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import logging
 import pytest
 
 from engine.redact import RedactingFilter, redact
-from engine.plan import CONFIG_ENV, Plan
+from engine.errors import UserError
+from engine.plan import SECRETS_ENV, Plan
 
 SECRETS = ("sk-live-abc123", "dbpass-77", "hookpw-42")
 
@@ -27,8 +29,7 @@ def a_plan() -> Plan:
                 env={"HF_TOKEN": "hf_abcdef"})
 
 
-def test_plan_file_is_redacted_and_ranks_get_the_real_config_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.delenv(CONFIG_ENV, raising=False)
+def test_plan_file_is_redacted_and_ranks_get_the_real_config_from_the_secrets_variable(tmp_path):
     plan = a_plan()
     path = tmp_path / "plan.json"
     plan.save(path)
@@ -38,14 +39,29 @@ def test_plan_file_is_redacted_and_ranks_get_the_real_config_from_the_environmen
     assert saved["config"]["callbacks"][0]["kwargs"]["api_key"] == "***"
     assert saved["config"]["tracking"]["uri"] == "postgresql://dialsum:***@db.example.org/runs"
     assert saved["config"]["training"]["max_new_tokens"] == 12  # `token` inside a longer word is not a secret
-    assert Plan.load(path).config == redact(plan.config)  # no exported config: what the file says
-    monkeypatch.setenv(CONFIG_ENV, "")  # monkeypatch restores the variable export_config sets
-    plan.export_config()
-    assert Plan.load(path).config == plan.config  # a rank of this launcher: the real values
-    other = a_plan()
-    other.config["training"]["max_new_tokens"] = 99
-    other.save(path)
-    assert Plan.load(path).config == redact(other.config)  # an exported config of another plan is not taken
+    assert Plan.load(path, plan.secrets_env()).config == plan.config  # a rank of this launcher: the real values
+
+
+def test_secrets_are_restored_by_key_also_into_a_changed_plan(tmp_path):
+    """An OOM restart saves a new plan (another micro-batch pin in its config) while the ranks' secrets variable is
+    the one the launcher set: the secrets still go back where they belong (this once fell back to '***')."""
+    secrets = a_plan().secrets_env()
+    changed = a_plan()
+    changed.config["parallel"] = {"micro_batch_size": 2}
+    changed.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json", secrets).config == changed.config
+
+
+def test_a_redacted_plan_without_its_secrets_is_refused(tmp_path):
+    """Never a run whose store URI reads `postgresql://dialsum:***@...`: the rank says what is missing."""
+    a_plan().save(tmp_path / "plan.json")
+    with pytest.raises(UserError, match=r"callbacks\.0\.kwargs\.api_key, callbacks\.0\.kwargs\.url, tracking\.uri.*"
+                                        f"{SECRETS_ENV}"):
+        Plan.load(tmp_path / "plan.json", {})
+    other = a_plan()  # another run's secrets fill nothing here
+    other.run_id = "r2"
+    with pytest.raises(UserError, match=r"\(callbacks\.0\.kwargs\.api_key, callbacks\.0\.kwargs\.url, tracking\.uri\)"):
+        Plan.load(tmp_path / "plan.json", other.secrets_env())
 
 
 def test_log_lines_are_redacted(monkeypatch):

@@ -1,13 +1,14 @@
 """The shipped SLURM batch scripts, submitted to a real one-machine cluster (tests/slurm_cluster.py)."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import pytest
 
 from engine.store import Tracker, open_store
-from launch_helpers import REPO_ROOT, small_config
+from launch_helpers import REPO_ROOT, secret_probe, small_config
 from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -20,11 +21,13 @@ def job_env() -> dict[str, str]:
 
 def test_one_node_job_preempted_requeues_and_completes_its_run(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
     """sbatch one_node.sbatch; USR1 to the batch shell (what --signal=B:USR1@90 does) once training is under way:
-    the ranks checkpoint, the script requeues the job, the requeued job resumes run slurm-<job id> to completion."""
-    config = small_config(tmp_path, tiny_model_dir)
+    the ranks checkpoint, the script requeues the job, the requeued job resumes run slurm-<job id> to completion. A
+    callback's secrets reach the ranks of both attempts (SecretProbe fails a rank that gets them redacted)."""
+    config = small_config(tmp_path, tiny_model_dir, callbacks=[secret_probe()])
     log = tmp_path / "job.out"
+    env = {**job_env(), "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
     job = slurm_cluster.sbatch("--output", str(log), str(REPO_ROOT / "scripts/slurm/one_node.sbatch"), str(config),
-                               "--nproc", "2", env=job_env(), cwd=REPO_ROOT)
+                               "--nproc", "2", env=env, cwd=REPO_ROOT)
     run_id = f"slurm-{job}"
     tracker = Tracker(open_store(f"sqlite:///{tmp_path / 'out' / 'dialsum.db'}"))
     deadline = time.monotonic() + 240

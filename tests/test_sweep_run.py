@@ -22,7 +22,8 @@ from transformers import TrainerControl, TrainerState
 from engine.store import Registry, Tracker, open_store
 from launch_helpers import kill_tree, run_processes
 from launcher.sweep.agent import HEARTBEAT, PARAMS, RETRY_OF, RUN_ID, retry_stale_trials
-from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, make_pruner, open_storage, sweep_callbacks_from_env
+from engine.callbacks.pruning import sweep_callbacks
+from engine.sweep_trial import PRUNED_ATTR, TrialLink, make_pruner, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 HYPERBAND = {"min_resource": 1, "max_resource": 4, "reduction_factor": 2}
@@ -41,8 +42,8 @@ def study_with_strong_trials(path: Path) -> optuna.Study:
     return study
 
 
-def evaluate_until_stopped(rank: int, evaluations: int = 4) -> int:
-    (callback,) = sweep_callbacks_from_env()
+def evaluate_until_stopped(rank: int, link: TrialLink, evaluations: int = 4) -> int:
+    (callback,) = sweep_callbacks(vars(link))  # what the ranks get from plan.sweep_trial
     state, control = TrainerState(), TrainerControl()
     state.is_world_process_zero = rank == 0
     for n in range(1, evaluations + 1):
@@ -53,20 +54,18 @@ def evaluate_until_stopped(rank: int, evaluations: int = 4) -> int:
     return 0
 
 
-def test_no_callback_outside_a_sweep(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    assert sweep_callbacks_from_env() == []
+def test_no_callback_outside_a_sweep():
+    assert sweep_callbacks(None) == []
 
 
-def test_weak_trial_is_reported_and_pruned(tmp_path, monkeypatch):
+def test_weak_trial_is_reported_and_pruned(tmp_path):
     path = tmp_path / "journal.log"
     study = study_with_strong_trials(path)
     stops = []
     for _ in range(4):
         trial = study.ask()
-        monkeypatch.setenv(ENV_VAR, TrialLink(str(path), "s", trial._trial_id, trial.number, "rouge_combined_f1",
-                                              "maximize", HYPERBAND).to_env())
-        stopped_at = evaluate_until_stopped(0)
+        stopped_at = evaluate_until_stopped(0, TrialLink(str(path), "s", trial._trial_id, trial.number,
+                                                         "rouge_combined_f1", "maximize", HYPERBAND))
         frozen = study.trials[trial.number]
         assert frozen.intermediate_values == {n: 0.1 for n in range(1, stopped_at + 1)}
         assert frozen.user_attrs.get(PRUNED_ATTR) == stopped_at
@@ -74,17 +73,15 @@ def test_weak_trial_is_reported_and_pruned(tmp_path, monkeypatch):
     assert all(stops) and min(stops) == 1  # some bracket prunes at the first evaluation
     # without early_terminate the callback reports but never stops training
     trial = study.ask()
-    monkeypatch.setenv(ENV_VAR, TrialLink(str(path), "s", trial._trial_id, trial.number, "rouge_combined_f1",
-                                          "maximize", None).to_env())
-    assert evaluate_until_stopped(0) == 0 and len(study.trials[trial.number].intermediate_values) == 4
+    link = TrialLink(str(path), "s", trial._trial_id, trial.number, "rouge_combined_f1", "maximize", None)
+    assert evaluate_until_stopped(0, link) == 0 and len(study.trials[trial.number].intermediate_values) == 4
 
 
 def _rank_worker(rank: int, port: int, link: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ[ENV_VAR] = link
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        Path(out, f"{rank}.json").write_text(json.dumps(evaluate_until_stopped(rank)))
+        Path(out, f"{rank}.json").write_text(json.dumps(evaluate_until_stopped(rank, TrialLink.from_json(link))))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -98,7 +95,7 @@ def test_prune_decision_reaches_every_rank(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        mp.start_processes(_rank_worker, args=(port, link.to_env(), str(tmp_path)), nprocs=2, start_method="spawn")
+        mp.start_processes(_rank_worker, args=(port, link.to_json(), str(tmp_path)), nprocs=2, start_method="spawn")
         stops = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
         assert stops[0] == stops[1] and stops[0] == study.trials[trial.number].user_attrs.get(PRUNED_ATTR)
         if stops[0] == 1:

@@ -28,7 +28,7 @@ def test_training_batches_pad_to_the_planned_multiple(tmp_path, tiny_model_dir, 
     trainer = DialogueSummarizationTrainer(plan)
     train = trainer.prepare_data().train
     row = next(train[i] for i in range(len(train)) if len(train[i]["input_ids"]) % 8 and len(train[i]["labels"]) % 8)
-    batch = trainer._data_collator()([row])
+    batch = trainer.task.training_collator(trainer.tokenizer, None, plan.pad_to_multiple_of)([row])
     source, target = len(row["input_ids"]), len(row["labels"])
     assert batch["input_ids"].shape[1] == -(-source // multiple) * multiple
     assert batch["labels"].shape[1] == -(-target // multiple) * multiple

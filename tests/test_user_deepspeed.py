@@ -4,6 +4,8 @@ by DeepSpeed's config class and by the planner's memory model, and named in the 
 tests/test_entrypoints.py runs one through `accelerate launch`."""
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def plan(topology: str, model: str = "bart-base", *, nproc: int | None = None, d
     for key, value in parallel.items():
         setattr(cfg.parallel, key, value)
     return make_plan(LoadedConfig(config=cfg, sources={}), load_topology(FIXTURES / "topologies" / f"{topology}.yaml"),
-                     run_id="r1", nproc_per_node=nproc)
+                     run_id="r1", nproc_per_node=nproc, env=dict(os.environ))  # accelerate's settings, as exported
 
 
 def autos(node, prefix="") -> list[str]:

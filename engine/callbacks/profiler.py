@@ -108,10 +108,10 @@ class Profiler(TrainerCallback):
         self._trace_first_step = 0
 
     @classmethod
-    def from_config(cls, cfg: "MonitoringConfig", recorder: "Recorder", *, num_params: int | None = None,
-                    target_to_source: float | None = None, trace_dir: str | Path = "") -> "Profiler":
-        flops = estimate_flops_per_token(num_params, target_to_source=target_to_source) if num_params else None
-        return cls(recorder, flops, peak_flops_for_device(), trace_dir=trace_dir,
+    def from_config(cls, cfg: "MonitoringConfig", recorder: "Recorder", *, flops_per_token: float | None = None,
+                    trace_dir: str | Path = "") -> "Profiler":
+        """`flops_per_token`: the task's estimate for the counted tokens (engine/tasks)."""
+        return cls(recorder, flops_per_token, peak_flops_for_device(), trace_dir=trace_dir,
                    trace_start_step=cfg.profile_start_step, trace_steps=cfg.profile_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -1,6 +1,7 @@
 """In-training pruning for local sweeps: report the eval metric to Optuna and stop the run when the pruner says so.
 
-The agent passes the trial through env `DIALSUM_SWEEP_TRIAL` (JSON, see `TrialLink`); ranks inherit it from the launch.
+The agent names the trial on the `dialsum launch` it starts (`--sweep-trial`, JSON of `TrialLink`); the launcher puts it
+in the Plan (`plan.sweep_trial`), which is how the ranks learn it.
 Rank 0 alone talks to the study (report + should_prune); the decision reaches every rank through one collective that
 all ranks call in `on_evaluate` (which the Trainer runs on every rank), so no rank waits on a rank-0-only block.
 A pruned trial finishes as a normal, shorter run; rank 0 leaves the user attr `pruned_at` for the agent to see.
@@ -11,65 +12,18 @@ that comes later is taken at the next evaluation, and reports are retried in the
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from engine.distributed import is_distributed
+from engine.sweep_trial import PRUNED_ATTR, TrialLink, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "DIALSUM_SWEEP_TRIAL"
 PRUNE_WAIT_S = 10.0
-PRUNED_ATTR = "pruned_at"
-
-
-@dataclass
-class TrialLink:
-    storage: str          # what `open_storage` below accepts: an RDB URL or a journal file path
-    study: str
-    trial_id: int         # Optuna's storage id (`Trial._trial_id`), what `optuna.trial.Trial(study, id)` takes
-    number: int
-    metric: str           # bare metric name; the Trainer reports it as `eval_<metric>`
-    direction: str        # "maximize" | "minimize"
-    hyperband: dict | None = None  # HyperbandPruner kwargs, or None for no pruning
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls, text: str) -> TrialLink:
-        return cls(**json.loads(text))
-
-
-def is_url(storage: str) -> bool:
-    return "://" in storage
-
-
-def open_storage(storage: str):
-    """An RDB URL -> optuna RDBStorage; anything else is a journal file path (the sweep agents open it the same way)."""
-    import optuna
-
-    if is_url(storage):
-        return optuna.storages.RDBStorage(storage)
-    from optuna.storages.journal import JournalFileBackend
-
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(storage))
-
-
-def make_pruner(hyperband: dict | None):
-    import optuna
-
-    return optuna.pruners.HyperbandPruner(**hyperband) if hyperband else optuna.pruners.NopPruner()
-
-
 class SweepPruningCallback(TrainerCallback):
     def __init__(self, link: TrialLink):
         self.link = link
@@ -129,7 +83,6 @@ class SweepPruningCallback(TrainerCallback):
         return control
 
 
-def sweep_callbacks_from_env() -> list[TrainerCallback]:
-    """The pruning callback when this run is a local sweep trial, else nothing."""
-    text = os.environ.get(ENV_VAR)
-    return [SweepPruningCallback(TrialLink.from_env(text))] if text else []
+def sweep_callbacks(trial: dict | None) -> list[TrainerCallback]:
+    """The pruning callback when this run is a local sweep trial (`plan.sweep_trial`), else nothing."""
+    return [SweepPruningCallback(TrialLink(**trial))] if trial else []

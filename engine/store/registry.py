@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from engine.best import is_better
 from engine.errors import UserError
 from engine.store.db import Store, alias_audit, aliases, finite_or_none, iso, model_versions, models, now
 from engine.redact import redact
@@ -41,14 +42,6 @@ def parse_model_ref(text: str) -> tuple[str, Ref]:
     if not name or not _NAME.match(name) or ref == "":
         raise UserError(f"model reference {text!r}: expected NAME, NAME:VERSION or NAME@ALIAS")
     return name, ref
-
-
-def _beats(new: float | None, old: float | None, greater_is_better: bool) -> bool:
-    if new is None:
-        return False
-    if old is None:
-        return True
-    return new > old if greater_is_better else new < old
 
 
 class Registry:
@@ -79,7 +72,7 @@ class Registry:
             best_value = None if best is None else conn.execute(
                 select(model_versions.c.metric_value)
                 .where(model_versions.c.model_id == model.id, model_versions.c.version == best)).scalar()
-            if _beats(value, best_value, greater_is_better):
+            if is_better(value, best_value, greater_is_better):
                 self._move_alias(conn, model.id, BEST, version,
                                  f"registered: {metric}={value:.6g} beats " +
                                  ("no previous best" if best is None else f"v{best} ({best_value})"))
@@ -265,7 +258,7 @@ class Registry:
                             .where(model_versions.c.model_id == model_id).order_by(model_versions.c.version)).all()
         best = None
         for r in rows:
-            if _beats(r.metric_value, None if best is None else best.metric_value, r.greater_is_better):
+            if is_better(r.metric_value, None if best is None else best.metric_value, r.greater_is_better):
                 best = r
         return None if best is None else best.version
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config import add_config_arguments, load_from_args
+from engine.config import add_config_arguments, load_config
 from engine.errors import UserError
 
 
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--topology-file", default=None, help="plan for a described topology instead of this machine")
     parser.add_argument("--sweep-params", default=None, metavar="FILE.json",
                         help="sweep parameters (dotted keys), applied above files and environment, below --set")
+    parser.add_argument("--sweep-trial", default=None, metavar="JSON",
+                        help="the local sweep trial this run reports its evaluations to (set by `dialsum sweep`)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--verbose", action="store_true",
                         help="every rank prints to the console (default: rank 0; the others write runs/<id>/logs/)")
@@ -78,7 +80,7 @@ def read_sweep_params(path: str | None) -> dict | None:
     return params
 
 
-def oom_restart_plan(plan, outcome, topology, args):
+def oom_restart_plan(plan, outcome, topology, args, env):
     """The plan to restart with after a ZeRO-3 forward ran out of memory (engine/oom.py): half the micro-batch, same
     global batch, same run (it resumes from its last checkpoint); None when this outcome is not that or at 1 row."""
     from engine.config import load_config
@@ -88,26 +90,31 @@ def oom_restart_plan(plan, outcome, topology, args):
     if outcome.exit_code != OOM_RESTART_EXIT_CODE or plan.micro_batch_size <= 1 or args.nnodes > 1:
         return None
     overrides = [*args.overrides, f"parallel.micro_batch_size={plan.micro_batch_size // 2}"]
-    smaller = load_config([*args.config, *args.extra_configs], overrides=overrides,
+    smaller = load_config([*args.config, *args.extra_configs], overrides=overrides, env=env,
                           sweep_params=read_sweep_params(args.sweep_params))
-    return make_plan(smaller, topology, run_id=plan.run_id, nnodes=args.nnodes, nproc_per_node=args.nproc)
+    return make_plan(smaller, topology, env=env, run_id=plan.run_id, nnodes=args.nnodes, nproc_per_node=args.nproc,
+                     sweep_trial=plan.sweep_trial, preempt_lead_s=plan.preempt_lead_s)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.plan import new_run_id, run_dir
+    from engine.plan import fresh_run_id, run_dir
     from launcher.planner import make_plan
     from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
 
-    loaded = load_from_args(args, sweep_params=read_sweep_params(args.sweep_params))
+    env = dict(os.environ)  # the one read of this launcher's environment: config layer, accelerate, threads, run id
+    loaded = load_config([*args.config, *args.extra_configs], overrides=args.overrides, env=env,
+                         sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
     check_model(loaded.config)
-    topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
-    run_id = args.run_id or new_run_id()
-    if args.nnodes > 1 and not (args.run_id or os.environ.get("DIALSUM_RUN_ID")):
+    topology = load_topology(args.topology_file) if args.topology_file else detect_topology(env)
+    run_id = args.run_id or env.get("DIALSUM_RUN_ID")
+    if args.nnodes > 1 and not run_id:
         raise UserError("--nnodes > 1: every node must use the same run id; pass --run-id ID (or set DIALSUM_RUN_ID) "
                         "on each node")
-    plan = make_plan(loaded, topology, run_id=run_id, nnodes=args.nnodes, nproc_per_node=args.nproc)
+    plan = make_plan(loaded, topology, env=env, run_id=run_id or fresh_run_id(), nnodes=args.nnodes,
+                     nproc_per_node=args.nproc, sweep_trial=read_sweep_trial(args.sweep_trial),
+                     preempt_lead_s=preempt_lead_s(env))
     print_plan(plan)
     if args.dry_run:
         return 0
@@ -115,19 +122,37 @@ def run(args: argparse.Namespace) -> int:
     from launcher.run_outcome import record_oom_restart, settle_run
 
     plan_path = run_dir(loaded.config.experiment.output_root, plan.run_id) / "plan.json"
-    plan.save(plan_path)
-    plan.export_config()
-    os.environ["DIALSUM_RUN_ID"] = plan.run_id
     while True:
+        plan.save(plan_path)
         outcome = spawn_ranks(plan, plan_path, node_rank=args.node_rank, master_addr=args.master_addr,
                               master_port=args.master_port, max_restarts=args.max_restarts,
                               rdzv_timeout=args.rdzv_timeout, verbose=args.verbose)
-        smaller = oom_restart_plan(plan, outcome, topology, args)
+        smaller = oom_restart_plan(plan, outcome, topology, args, env)
         if smaller is None:
             break
         record_oom_restart(loaded.config, plan, smaller, outcome)
         plan = smaller
-        plan.save(plan_path)
     if outcome.error and outcome.failing_rank is None and outcome.launcher_signal is None:
         print(f"dialsum: error: {outcome.error}", file=sys.stderr)  # no rank ran: the rendezvous failed
     return settle_run(loaded.config, plan.run_id, outcome)
+
+
+def preempt_lead_s(env) -> float:
+    """How long a signalled rank has to checkpoint: the launcher's grace, or less where the scheduler signals closer to
+    its kill (`DIALSUM_PREEMPT_LEAD_S`: scripts/slurm set SLURM's --signal lead, 90 s)."""
+    from launcher.spawn import SHUTDOWN_GRACE_S
+
+    lead = env.get("DIALSUM_PREEMPT_LEAD_S", "").strip()
+    try:
+        return min(float(lead), SHUTDOWN_GRACE_S) if lead else float(SHUTDOWN_GRACE_S)
+    except ValueError:
+        raise UserError(f"environment DIALSUM_PREEMPT_LEAD_S: expected seconds, got {lead!r}") from None
+
+
+def read_sweep_trial(text: str | None) -> dict | None:
+    """The trial a local sweep agent started this launch for (its `--sweep-trial`), for the ranks' pruning callback."""
+    if not text:
+        return None
+    from engine.sweep_trial import TrialLink
+
+    return vars(TrialLink.from_json(text))

@@ -15,7 +15,7 @@ from engine.plan import Plan
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
 DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
              "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers",
-             "pad_to_multiple_of")
+             "pad_to_multiple_of", "find_unused_parameters")
 _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
 
 
@@ -79,15 +79,18 @@ def _bare_plan(args: argparse.Namespace) -> Plan:
 
 
 def _config_plan(args: argparse.Namespace) -> Plan:
-    from engine.config import load_from_args
+    import os
+
+    from engine.config import load_config
     from launcher.planner import make_plan
     from launcher.topology import detect_topology, load_topology
 
     if not args.config:
         raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
-    loaded = load_from_args(args)
-    topology = load_topology(args.topology_file) if args.topology_file else detect_topology()
-    return make_plan(loaded, topology, run_id=PLAN_RUN_ID, nnodes=args.nnodes, nproc_per_node=args.nproc,
+    env = dict(os.environ)  # the one read of the environment: config layer, accelerate, threads
+    loaded = load_config([*args.config, *args.extra_configs], overrides=args.overrides, env=env)
+    topology = load_topology(args.topology_file) if args.topology_file else detect_topology(env)
+    return make_plan(loaded, topology, env=env, run_id=PLAN_RUN_ID, nnodes=args.nnodes, nproc_per_node=args.nproc,
                      trace=args.trace)
 
 
@@ -150,6 +153,7 @@ def print_plan(plan: Plan) -> None:
         "optim": plan.optim,
         "dataloader_num_workers": str(plan.dataloader_num_workers),
         "pad_to_multiple_of": str(plan.pad_to_multiple_of),
+        "find_unused_parameters": "on" if plan.find_unused_parameters else "off",
     }
     table = Table(title="Plan", show_lines=False)
     for column in ("decision", "value", "reason"):

@@ -2,7 +2,7 @@
 
 Several agents (`--agents N`, or agents on other machines joining by the storage URL) share one Optuna study. Each
 trial is a subprocess `python -m launcher.cli launch BASE.yaml --sweep-params P.json --set experiment.group=<sweep>`
-with `DIALSUM_RUN_ID` chosen here, so the trial's tracked run (and its W&B run, grouped by the sweep) is read back
+with the run id chosen here (`--run-id`) and the trial named for pruning (`--sweep-trial`), so the trial's tracked run (and its W&B run, grouped by the sweep) is read back
 from the tracker afterwards: completed -> value `best/<metric>`, pruned marker -> PRUNED, anything else -> FAIL.
 
 Dead agents: while a trial runs its agent writes a `heartbeat` user attr; a RUNNING trial silent for 3 heartbeats is
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -26,7 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from engine.atomic import atomic_write_text
-from engine.callbacks.pruning import ENV_VAR, PRUNED_ATTR, TrialLink, open_storage
+from engine.compat import optuna_trial_id
+from engine.sweep_trial import PRUNED_ATTR, TrialLink, open_storage
 from engine.config import load_config
 from engine.errors import UserError
 from engine.plan import fresh_run_id
@@ -181,13 +181,13 @@ class Agent:
                                         json.dumps(spec.config_params(params), indent=2))
         log_file = trials_dir / f"{trial.number}.log"
         cmd = trial_command(s, spec.name, f"{spec.name}-trial-{trial.number}", self.base.registry_name(), params_file)
-        link = TrialLink(storage=s.storage, study=spec.name, trial_id=trial._trial_id, number=trial.number,
+        link = TrialLink(storage=s.storage, study=spec.name, trial_id=optuna_trial_id(trial), number=trial.number,
                          metric=spec.metric, direction=spec.goal,
                          hyperband=spec.hyperband.kwargs() if spec.hyperband else None)
-        env = {**os.environ, "DIALSUM_RUN_ID": run_id, ENV_VAR: link.to_env()}
+        cmd += ["--run-id", run_id, "--sweep-trial", link.to_json()]
         _log(s.agent_index, f"trial {trial.number} (run {run_id}) started: {json.dumps(params)}  log: {log_file}")
         with _Heartbeat(trial, s.heartbeat_seconds), open(log_file, "w") as out:
-            code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
         self._tell(trial, run_id, loaded.config, code, log_file)
 
     def _tell(self, trial: optuna.Trial, run_id: str, cfg, code: int, log_file: Path) -> None:

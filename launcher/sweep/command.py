@@ -15,7 +15,7 @@ import optuna
 from engine.config import load_config
 from engine.errors import UserError
 from launcher.sweep.agent import PARAMS, RETRY_OF, RUN_ID, SURPLUS, Agent, AgentSettings, sweep_dir
-from engine.callbacks.pruning import is_url, open_storage
+from engine.sweep_trial import is_url, open_storage
 from launcher.sweep.optuna_backend import default_storage, make_sampler, suggest
 from launcher.sweep.spec import SweepSpec, check_params, load_sweep, read_sweep_yaml
 

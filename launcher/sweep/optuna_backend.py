@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from engine.callbacks.pruning import make_pruner
+from engine.sweep_trial import make_pruner
 from launcher.sweep.spec import ParamSpec, SweepSpec
 
 _PRIMITIVE = (type(None), bool, int, float, str)

@@ -2,13 +2,12 @@
 
 Kept thin: the spec goes to `wandb.sweep` with the metric named as the engine logs it (`eval/<metric>`), and each
 `wandb.agent` call reads the parameters W&B chose from `wandb.config`, closes that handle, and launches the same
-trial subprocess as the local backend with `DIALSUM_RUN_ID` = the W&B run id, so the engine's rank 0 resumes that
+trial subprocess as the local backend with `--run-id` = the W&B run id, so the engine's rank 0 resumes that
 very run (group = sweep) and logs the metric W&B's controller is waiting for.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Mapping
 from typing import Any
@@ -62,7 +61,7 @@ def run_wandb_agent(spec: SweepSpec, data: Mapping[str, Any], settings: AgentSet
         check_params(spec, params, settings.configs, settings.overrides)
         params_file = atomic_write_text(trials / f"{run_id}.json", json.dumps(spec.config_params(params), indent=2))
         cmd = trial_command(settings, spec.name, f"{spec.name}-{run_id}", base.registry_name(), params_file)
-        subprocess.run(cmd, env={**os.environ, "DIALSUM_RUN_ID": run_id}, check=False)
+        subprocess.run([*cmd, "--run-id", run_id], check=False)
 
     wandb.agent(sweep_id, function=trial, count=count, project=project, entity=entity)
     return sweep_id
