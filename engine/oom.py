@@ -32,7 +32,6 @@ from transformers.trainer_utils import has_length
 from engine.agreement import agree_after_forward
 from engine.plan import OOM_RESTART_EXIT_CODE
 from engine.recorder import Recorder
-from engine.signals import PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +118,6 @@ class OOMBackoffTrainer(Seq2SeqTrainer):
     def _zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
-
-    def _save_checkpoint(self, model, trial):
-        """A checkpoint write is progress for the preemption watchdog however long its file writes take."""
-        with PROGRESS.local_work():
-            return super()._save_checkpoint(model, trial)
 
     def _scaled(self, loss: torch.Tensor, fraction: float, num_items_in_batch) -> torch.Tensor:
         """The chunk's loss as its share of the step's loss. A model that normalises by `num_items_in_batch` already

@@ -251,6 +251,7 @@ class DialogueSummarizationTrainer:
             recorder.finish("completed", summary=summary)
         except BaseException as exc:
             # No teardown collective here: a peer may be dead or inside another collective; the process just exits.
+            preemption.leave()  # the watchdog stops: a peer that exits first must not cut the closing writes
             status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
             recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
             raise
