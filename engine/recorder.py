@@ -8,8 +8,9 @@ Rank 0's writes (store, W&B, the artifact upload) run on one writer thread behin
 training thread: peers wait in collectives while rank 0 trains, so a store locked by another process or a slow W&B
 must not hold rank 0 up. The writer retries a failed write for up to WRITE_RETRY_S (past SQLite's busy timeout: a
 lock held for minutes is outlasted); a write that still fails is a warning and a `recorder_write_failed` event, and is
-dropped. `finish` waits for the queue to drain, after the peers have left: WRITE_RETRY_S + 60 s at most for a completed
-run, ENDING_WAIT_S for one that failed, was killed or preempted (it must leave inside the launcher's grace).
+dropped. `finish` waits for the queue to drain, after the peers have left, then for W&B's finish: WRITE_RETRY_S + 60 s
+at most each for a completed run, ENDING_WAIT_S each for one that failed, was killed or preempted (it must leave
+inside the launcher's grace); W&B's own end-of-run upload (also at exit) is bounded by ENDING_WAIT_S.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ class Rank0Recorder:
         store = open_store(store_uri(cfg))
         self.tracker = Tracker(store)
         self.registry = Registry(store)
-        self.wandb = WandbRun(cfg, run_id=plan.run_id)
+        self.wandb = WandbRun(cfg, run_id=plan.run_id, upload_wait_s=ENDING_WAIT_S)
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._pending_step: int | None = None
@@ -218,7 +219,7 @@ class Rank0Recorder:
         wait_s = WRITE_RETRY_S + 60 if status == "completed" else ENDING_WAIT_S
         if not self.writer.drain(timeout=wait_s):
             log.warning("recorder: writes still pending after %.0f s; exiting without them", wait_s)
-        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)  # W&B's own teardown: main thread
+        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1, timeout=wait_s)
 
     def _write_finish(self, status, summary, error, failing_rank, exit_code) -> None:
         w = self.writer
