@@ -147,13 +147,8 @@ class Rank0Recorder:
         self._heartbeat_thread.start()
 
     def _start_run(self) -> None:
-        cfg = self.cfg
         if not self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
-            self.tracker.create_run(
-                self.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=self.plan.config,
-                plan=_plan_summary(self.plan), environment=self.environment, tags=list(cfg.experiment.tags),
-                notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
-            )
+            create_run(self.tracker, self.plan, self.cfg, self.environment)
         self.tracker.start(self.run_id)
 
     def _beat(self) -> None:
@@ -237,6 +232,15 @@ def _plan_summary(plan) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: v for k, v in asdict(plan).items() if k not in ("config", "config_sources")}
+
+
+def create_run(tracker, plan, cfg: DialsumConfig, environment: dict[str, Any]) -> None:
+    """Record the plan's run as `created`: rank 0 does as it starts, the launcher when no rank got that far."""
+    tracker.create_run(
+        plan.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=plan.config,
+        plan=_plan_summary(plan), environment=environment, tags=list(cfg.experiment.tags),
+        notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
+    )
 
 
 def make_recorder(plan, cfg: DialsumConfig, environment: dict[str, Any]) -> Recorder:

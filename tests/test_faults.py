@@ -78,6 +78,27 @@ def test_one_rank_dies_every_rank_ends_and_run_is_failed(tmp_path, tiny_model_di
         assert "--- rank 1: last" in proc.stderr and "RuntimeError: injected fault on rank 1 at step 3" in proc.stderr
 
 
+def test_rank_killed_at_start_up_leaves_a_failed_run(tmp_path, tiny_model_dir):
+    """Rank 1 is SIGKILLed as its interpreter starts (a sitecustomize on PYTHONPATH), before any rank could record the
+    run (rank 0 is still waiting for it in the rendezvous): the launcher exits 137 and records the run itself, so
+    `dialsum runs list` shows it `failed` with rank 1 and code 137 (it showed nothing)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal\nif os.environ.get('RANK') == '1':\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    config = config_with(tmp_path, tiny_model_dir)
+    proc = run_dialsum("launch", str(config), "--nproc", "2", env={"PYTHONPATH": str(site)})
+    assert proc.returncode == 137, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert engine_processes(tmp_path) == []
+    listed = run_dialsum("runs", "list", "--output-root", str(tmp_path / "out"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["status"] == "failed" and row["failing_rank"] == 1 and row["exit_code"] == 137, row
+    run = only_run(tmp_path)
+    assert run["name"] == "e2e" and run["config"]["training"]["max_steps"] == 16 and run["plan"]["world_size"] == 2
+    assert run["history"] == [] and "rank 1 exited with code -9" in run["error"], run["error"]
+
+
 def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     """SIGUSR1 to the launcher as step 8 begins, at real-scale durations on every rank: step 8 takes 40 s, the
     evaluation after it 40 s (generation), its checkpoint's first file write 40 s; the preemption watchdog (30 s) must
