@@ -111,6 +111,33 @@ class PeerWatch:
         return {rank: now - heard for rank, heard in self.heard.items() if now - heard > grace}
 
 
+def silent_peers(beat: Heartbeat, left: threading.Event, grace: float) -> tuple[dict[int, float], str] | None:
+    """Read the peers' beats every BEAT_S until one has been silent for `grace` s: ({peer: seconds silent}, why).
+    None once `left` is set, or at once when this rank has no heartbeat (warned; the launcher's kill after its grace
+    is then the bound). A store that cannot be read counts as every peer silent when rank 0 hosts it (rank 0 is gone),
+    and as no news either way when torch elastic's agent does."""
+    if not beat.connected.wait(STORE_TIMEOUT_S + BEAT_S):
+        return None
+    watch = PeerWatch(beat.peers, time.monotonic())
+    looked = time.monotonic()
+    while not left.wait(BEAT_S):
+        woke, reason = time.monotonic(), ""
+        try:
+            counts = beat.peer_counts()
+        except Exception as exc:
+            if not beat.store_in_rank0:
+                watch.pause(time.monotonic() - looked)
+                looked = time.monotonic()
+                continue
+            counts, reason = {}, f" (the store on rank 0 cannot be read: {exc})"
+        watch.pause(woke - looked - BEAT_S)  # a late wake-up: this process was starved, no evidence against a peer
+        looked = time.monotonic()
+        silent = watch.silent(counts, looked, grace)
+        if silent:
+            return silent, reason
+    return None
+
+
 class PreemptionCallback(TrainerCallback):
     """Installs the handlers at construction; at every step end all ranks start reducing the flag (every rank calls
     it, so none is left waiting) and read the reduction started one step before; when any rank was signalled they all
@@ -134,6 +161,7 @@ class PreemptionCallback(TrainerCallback):
         for sig in PREEMPT_SIGNALS:
             signal.signal(sig, self._handle)
         self.heartbeat = None
+        self._listening = False  # True: the wake-up listener arms the watchdog, the handler does not
         if is_distributed() and torch.distributed.get_world_size() > 1:
             self.heartbeat = Heartbeat(torch.distributed.get_rank(), torch.distributed.get_world_size())
             self._wake_on_signals()
@@ -157,10 +185,12 @@ class PreemptionCallback(TrainerCallback):
                         self._arm(signum)
 
         threading.Thread(target=listen, name="dialsum-signal-wakeup", daemon=True).start()
+        self._listening = True
 
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
-        self._arm(signum)
+        if not self._listening:
+            self._arm(signum)
 
     def _arm(self, signum: int) -> None:
         if self.heartbeat is not None and self._watchdog is None and not self._left.is_set():
@@ -168,30 +198,13 @@ class PreemptionCallback(TrainerCallback):
             self._watchdog.start()
 
     def _watch(self, signum: int) -> None:
-        """Exit (128 + signal, no checkpoint) once a peer has been silent for PEER_GRACE_S; a store that cannot be
-        read counts as every peer silent when rank 0 hosts it (rank 0 is gone), else as no news."""
-        beat = self.heartbeat
-        if not beat.connected.wait(STORE_TIMEOUT_S + BEAT_S):
-            return  # no heartbeat (warned): the launcher's kill after its grace is the bound
-        watch = PeerWatch(beat.peers, time.monotonic())
-        while True:
-            before = time.monotonic()
-            if self._left.wait(BEAT_S):
-                return
-            watch.pause(time.monotonic() - before - BEAT_S)
-            before, reason = time.monotonic(), ""
-            try:
-                counts = beat.peer_counts()
-            except Exception as exc:
-                if not beat.store_in_rank0:
-                    watch.pause(time.monotonic() - before)
-                    continue
-                counts, reason = {}, f" (the store on rank 0 cannot be read: {exc})"
-            silent = watch.silent(counts, time.monotonic(), PEER_GRACE_S)
-            if silent:
-                log.error("preemption: no heartbeat from rank %s for %.0f s%s: a peer is gone or frozen, exiting "
-                          "without a checkpoint", ", ".join(map(str, sorted(silent))), max(silent.values()), reason)
-                os._exit(128 + signum)
+        """Exit (128 + signal, no checkpoint) once a peer has been silent for PEER_GRACE_S."""
+        found = silent_peers(self.heartbeat, self._left, PEER_GRACE_S)
+        if found:
+            silent, reason = found
+            log.error("preemption: no heartbeat from rank %s for %.0f s%s: a peer is gone or frozen, exiting without a "
+                      "checkpoint", ", ".join(map(str, sorted(silent))), max(silent.values()), reason)
+            os._exit(128 + signum)
 
     def leave(self) -> None:
         """This rank waits on no peer any more (training ended, or it failed): a late signal or a peer that exits
