@@ -31,7 +31,6 @@ from engine.agreement import agree_after_forward
 from engine.compat import SequentialEvaluation, sync_gradients
 from engine.plan import OOM_RESTART_EXIT_CODE
 from engine.recorder import Recorder
-from engine.signals import PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +113,6 @@ class OOMBackoffTrainer(SequentialEvaluation, Seq2SeqTrainer):
     def _zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
-
-    def _save_checkpoint(self, model, trial):
-        """A checkpoint write is progress for the preemption watchdog however long its file writes take."""
-        with PROGRESS.local_work():
-            return super()._save_checkpoint(model, trial)
 
     def _scaled(self, loss: torch.Tensor, fraction: float, num_items_in_batch) -> torch.Tensor:
         """The chunk's loss as its share of the step's loss. A model that normalises by `num_items_in_batch` already

@@ -8,8 +8,9 @@ Rank 0's writes (store, W&B, the artifact upload) run on one writer thread behin
 training thread: peers wait in collectives while rank 0 trains, so a store locked by another process or a slow W&B
 must not hold rank 0 up. The writer retries a failed write for up to WRITE_RETRY_S (past SQLite's busy timeout: a
 lock held for minutes is outlasted); a write that still fails is a warning and a `recorder_write_failed` event, and is
-dropped. `finish` waits for the queue to drain, after the peers have left: WRITE_RETRY_S + 60 s at most for a completed
-run, ENDING_WAIT_S for one that failed, was killed or preempted (it must leave inside the launcher's grace).
+dropped. `finish` waits for the queue to drain, after the peers have left, then for W&B's finish: WRITE_RETRY_S + 60 s
+at most each for a completed run, ENDING_WAIT_S each for one that failed, was killed or preempted (it must leave
+inside the launcher's grace); W&B's own end-of-run upload (also at exit) is bounded by ENDING_WAIT_S.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ class Rank0Recorder:
         store = open_store(store_uri(cfg))
         self.tracker = Tracker(store)
         self.registry = Registry(store)
-        self.wandb = WandbRun(cfg, run_id=plan.run_id)
+        self.wandb = WandbRun(cfg, run_id=plan.run_id, upload_wait_s=ENDING_WAIT_S)
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._pending_step: int | None = None
@@ -146,13 +147,8 @@ class Rank0Recorder:
         self._heartbeat_thread.start()
 
     def _start_run(self) -> None:
-        cfg = self.cfg
         if not self.tracker.exists(self.run_id):  # a resumed job keeps its run id and its history
-            self.tracker.create_run(
-                self.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=self.plan.config,
-                plan=_plan_summary(self.plan), environment=self.environment, tags=list(cfg.experiment.tags),
-                notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
-            )
+            create_run(self.tracker, self.plan, self.cfg, self.environment)
         self.tracker.start(self.run_id)
 
     def _beat(self) -> None:
@@ -218,7 +214,7 @@ class Rank0Recorder:
         wait_s = WRITE_RETRY_S + 60 if status == "completed" else ENDING_WAIT_S
         if not self.writer.drain(timeout=wait_s):
             log.warning("recorder: writes still pending after %.0f s; exiting without them", wait_s)
-        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1)  # W&B's own teardown: main thread
+        self.wandb.finish(exit_code=0 if status == "completed" else exit_code or 1, timeout=wait_s)
 
     def _write_finish(self, status, summary, error, failing_rank, exit_code) -> None:
         w = self.writer
@@ -236,6 +232,15 @@ def _plan_summary(plan) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: v for k, v in asdict(plan).items() if k not in ("config", "config_sources")}
+
+
+def create_run(tracker, plan, cfg: DialsumConfig, environment: dict[str, Any]) -> None:
+    """Record the plan's run as `created`: rank 0 does as it starts, the launcher when no rank got that far."""
+    tracker.create_run(
+        plan.run_id, name=cfg.experiment.name, group=cfg.experiment.group, config=plan.config,
+        plan=_plan_summary(plan), environment=environment, tags=list(cfg.experiment.tags),
+        notes=cfg.experiment.notes, heartbeat_seconds=cfg.tracking.heartbeat_seconds,
+    )
 
 
 def make_recorder(plan, cfg: DialsumConfig, environment: dict[str, Any], rank: int) -> Recorder:

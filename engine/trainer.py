@@ -152,7 +152,8 @@ class DialogueSummarizationTrainer:
     def train(self, datasets: Datasets) -> TrainResult:
         cfg, plan = self.cfg, self.plan
         result = TrainResult(run_id=plan.run_id)
-        preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async, lead_s=plan.preempt_lead_s)
+        preemption = PreemptionCallback(start_flag_reduce=any_rank_flag_async, lead_s=plan.preempt_lead_s,
+                                        world=self.world)
         recorder = self._start_recording()
         trainer = None
         try:
@@ -183,6 +184,7 @@ class DialogueSummarizationTrainer:
             recorder.finish("completed", summary=summary)
         except BaseException as exc:
             # No teardown collective here: a peer may be dead or inside another collective; the process just exits.
+            preemption.leave()  # the watchdog stops: a peer that exits first must not cut the closing writes
             status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"  # Ctrl-C is the user's decision
             recorder.finish(status, error=f"{type(exc).__name__}: {exc}", failing_rank=self.rank, exit_code=1)
             raise

@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class WandbRun:
-    def __init__(self, cfg: DialsumConfig, run_id: str):
+    """`upload_wait_s`: what W&B's own end of the run (run.finish, and its teardown at exit) may spend uploading before
+    it leaves the rest in the run's local folder for `wandb sync` (W&B's `finish_timeout`; it waits forever by
+    default, and a failing rank 0 must leave inside the launcher's grace)."""
+
+    def __init__(self, cfg: DialsumConfig, run_id: str, upload_wait_s: float):
         self.cfg = cfg
         self.run_id = run_id
+        self.upload_wait_s = upload_wait_s
         self.run = None
         self.owned = True  # False: the run was started by the caller (a sweep function), who finishes it
         self.enabled = cfg.tracking.wandb_mode != "disabled"
@@ -64,7 +69,8 @@ class WandbRun:
             project=t.wandb_project, entity=t.wandb_entity or None, name=self.cfg.experiment.name,
             group=self.cfg.experiment.group or None, tags=list(self.cfg.experiment.tags) or None,
             notes=redact_text(self.cfg.experiment.notes) or None, id=self.run_id, resume="allow", mode=t.wandb_mode,
-            dir=str(root), config=redact({**config, "plan": plan}), settings=wandb.Settings(silent=True),
+            dir=str(root), config=redact({**config, "plan": plan}),
+            settings=wandb.Settings(silent=True, finish_timeout=self.upload_wait_s),
         )
 
     def wait(self) -> str | None:
@@ -96,7 +102,19 @@ class WandbRun:
         if self.wait():
             self._guard("artifact", _log)
 
-    def finish(self, exit_code: int) -> None:
-        if self.wait() and self.owned:
-            self._guard("finish", self.run.finish, exit_code=exit_code)
-        self.run = None
+    def finish(self, exit_code: int, timeout: float) -> None:
+        """End the run (a caller's run is left open), returning within `timeout` s: wandb.init may still be retrying an
+        unreachable server (up to its init_timeout, 90 s by default) and run.finish uploading. Whatever did not land
+        stays in the run's local W&B folder, and a warning says how to upload it."""
+        def _finish():
+            if self.wait() and self.owned:
+                self._guard("finish", self.run.finish, exit_code=exit_code)
+            self.run = None
+
+        closing = threading.Thread(target=_finish, name="dialsum-wandb-finish", daemon=True)
+        closing.start()
+        closing.join(timeout)
+        if closing.is_alive():
+            local = Path(self.cfg.experiment.output_root).resolve() / "wandb" / f"*run-*-{self.run_id}"
+            log.warning("W&B did not finish within %.0f s (server unreachable?): the run's data is in %s; upload it "
+                        "later with `wandb sync %s`", timeout, local, local)

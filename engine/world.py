@@ -27,6 +27,8 @@ class World:
     local_world_size: int
     master_addr: str | None = None
     master_port: int | None = None
+    restart: int = 0                  # torch elastic's attempt (TORCHELASTIC_RESTART_COUNT)
+    agent_store: bool = False         # the rendezvous store lives in torch elastic's agent, not in rank 0
 
     @property
     def nnodes(self) -> int:
@@ -67,7 +69,9 @@ def detect_world(env: Mapping[str, str]) -> World:
         port = env.get("MASTER_PORT", "").strip()
         return World("torchelastic", rank=_int(env, "RANK", 0), local_rank=_int(env, "LOCAL_RANK", 0),
                      world_size=world, local_world_size=_int(env, "LOCAL_WORLD_SIZE", world),
-                     master_addr=env.get("MASTER_ADDR") or None, master_port=int(port) if port.isdigit() else None)
+                     master_addr=env.get("MASTER_ADDR") or None, master_port=int(port) if port.isdigit() else None,
+                     restart=_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
+                     agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
     if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
         world, nnodes = _int(env, "SLURM_NTASKS", 1), _int(env, "SLURM_NNODES", 1)
         addr = env.get("MASTER_ADDR") or ("127.0.0.1" if nnodes == 1 else None)

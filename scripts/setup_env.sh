@@ -14,6 +14,9 @@ quiet_pip() {  # pip's notes about unreadable local index folders are noise; rea
   python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
   return "${PIPESTATUS[0]}"
 }
+# wheel first: pip then builds the sdists among the dependencies (DeepSpeed, rouge-score) as wheels, without the
+# "legacy 'setup.py install' method" deprecation notice pip prints when a new venv has no wheel package
+quiet_pip wheel
 if [ -z "${DIALSUM_SKIP_TORCH:-}" ] && ! python -c "import torch" 2>/dev/null; then
   quiet_pip "torch==2.13.0"
 fi

@@ -9,9 +9,9 @@ from transformers import TrainerCallback
 
 
 class Fault(TrainerCallback):
-    """At `step` on global rank `rank`: `kill` (SIGKILL itself), `raise`, or `signal_parent` (send `signal` to the
-    process that started this rank: the launcher). `first_attempt_only` spares torch elastic's restarts; `stamp_file`
-    receives the time of the fault."""
+    """At `step` on global rank `rank`: `kill` (SIGKILL itself), `raise`, `signal_parent` (send `signal` to the
+    process that started this rank: the launcher), or `freeze` (SIGSTOP itself: a wedged process that is still there). `first_attempt_only` spares torch elastic's restarts; `stamp_file` receives the time
+    of the fault."""
 
     def __init__(self, rank: int, step: int, action: str, signal: str = "SIGUSR1", first_attempt_only: bool = False,
                  stamp_file: str = ""):
@@ -32,6 +32,8 @@ class Fault(TrainerCallback):
             raise RuntimeError(f"injected fault on rank {self.rank} at step {self.step}")
         elif self.action == "signal_parent":
             os.kill(os.getppid(), getattr(signal, self.signal))
+        elif self.action == "freeze":
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class SecretProbe(TrainerCallback):
@@ -101,3 +103,47 @@ class StepLog(TrainerCallback):
         if int(os.environ.get("RANK", "0")) == self.rank:
             with open(self.path, "a") as fh:
                 fh.write(f"{state.global_step} {time.time()}\n")
+
+
+class SlowStep(TrainerCallback):
+    """On every rank, step `step` spends `seconds` where no module runs: `where="callback"` sleeps in a callback at its
+    begin (a data loader waiting on a network filesystem, a long callback), `where="optimizer"` inside the optimizer's
+    own step (DeepSpeed calls it from the backward; a CPU-offloaded step of a large model takes tens of seconds).
+    Rank 0 sends `signal` to its parent (the launcher) as that step begins; every rank appends
+    `<rank> <sleep start> <sleep end>` (unix times) to `stamp_file`."""
+
+    def __init__(self, step: int, seconds: float, where: str, stamp_file: str, signal: str = "SIGTERM"):
+        self.step, self.seconds, self.where, self.stamp_file, self.signal = step, seconds, where, stamp_file, signal
+        self.armed = False
+
+    def _sleep(self) -> None:
+        started = time.time()
+        time.sleep(self.seconds)
+        with open(self.stamp_file, "a") as fh:
+            fh.write(f"{os.environ.get('RANK', '0')} {started} {time.time()}\n")
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.where != "optimizer":
+            return
+        inner = optimizer
+        while hasattr(inner, "optimizer"):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch's AdamW
+            inner = inner.optimizer
+        step = inner.step
+
+        def slow_step(*a, **kw):
+            if self.armed:  # ZeRO steps once per parameter group: sleep once
+                self.armed = False
+                self._sleep()
+            return step(*a, **kw)
+
+        inner.step = slow_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step != self.step - 1:
+            return
+        if int(os.environ.get("RANK", "0")) == 0:
+            os.kill(os.getppid(), getattr(signal, self.signal))
+        if self.where == "callback":
+            self._sleep()
+        else:
+            self.armed = True

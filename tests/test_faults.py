@@ -78,11 +78,32 @@ def test_one_rank_dies_every_rank_ends_and_run_is_failed(tmp_path, tiny_model_di
         assert "--- rank 1: last" in proc.stderr and "RuntimeError: injected fault on rank 1 at step 3" in proc.stderr
 
 
+def test_rank_killed_at_start_up_leaves_a_failed_run(tmp_path, tiny_model_dir):
+    """Rank 1 is SIGKILLed as its interpreter starts (a sitecustomize on PYTHONPATH), before any rank could record the
+    run (rank 0 is still waiting for it in the rendezvous): the launcher exits 137 and records the run itself, so
+    `dialsum runs list` shows it `failed` with rank 1 and code 137 (it showed nothing)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal\nif os.environ.get('RANK') == '1':\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    config = config_with(tmp_path, tiny_model_dir)
+    proc = run_dialsum("launch", str(config), "--nproc", "2", env={"PYTHONPATH": str(site)})
+    assert proc.returncode == 137, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert engine_processes(tmp_path) == []
+    listed = run_dialsum("runs", "list", "--output-root", str(tmp_path / "out"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["status"] == "failed" and row["failing_rank"] == 1 and row["exit_code"] == 137, row
+    run = only_run(tmp_path)
+    assert run["name"] == "e2e" and run["config"]["training"]["max_steps"] == 16 and run["plan"]["world_size"] == 2
+    assert run["history"] == [] and "rank 1 exited with code -9" in run["error"], run["error"]
+
+
 def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     """SIGUSR1 to the launcher as step 8 begins, at real-scale durations on every rank: step 8 takes 40 s, the
     evaluation after it 40 s (generation), its checkpoint's first file write 40 s; the preemption watchdog (30 s) must
-    not fire on ranks that progress. Checkpoint at the end of step 9, run `preempted`, exit 75, and a warning that
-    2 steps + a checkpoint outlast a 60 s lead. A partial later checkpoint (a crash while saving) is ignored; the resume
+    not fire on ranks whose peers are alive. Checkpoint at the end of step 9, run `preempted`, exit 75, and a warning
+    that 2 steps + a checkpoint outlast a 60 s lead. A partial later checkpoint (a crash while saving) is ignored; the resume
     (same run id, same W&B id) reaches step 16 with the loss of an uninterrupted run, and keeps step 8 as the best
     (metric: eval loss, higher is better, so step 16 is worse): exported model, predictions.csv and the registered
     metrics all from step 8. A copy of the preempted run resumes on 1 rank: same global batch, optimizer reset."""
@@ -158,12 +179,88 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
     assert final_loss(run1) == pytest.approx(final_loss(uninterrupted), rel=0.25)
 
 
+@pytest.mark.parametrize("where", ["callback", "optimizer"])
+def test_preemption_waits_for_ranks_that_work_outside_their_modules(tmp_path, tiny_model_dir, where):
+    """SIGTERM to the launcher as step 3 begins; every rank then spends 40 s where no module runs (a callback at the
+    step's begin, or inside the optimizer's own step), longer than the 30 s peer grace. Their peers are alive and
+    beating, so no rank is forced out: they agree at the end of step 4, checkpoint there and stop (exit 75, `preempted`,
+    one marked checkpoint). The rule this replaced forced out any signalled rank that ran no module forward, gradient
+    or checkpoint write for 30 s: exit 143, `failed`, no checkpoint."""
+    stamps = tmp_path / "sleeps.txt"
+    slow = [{"path": "tests.fault_callbacks:SlowStep",
+             "kwargs": {"step": 3, "seconds": 40, "where": where, "stamp_file": str(stamps)}}]
+    config = config_with(tmp_path, tiny_model_dir, callbacks=slow, training={"max_steps": 8, "eval_strategy": "no"})
+    proc = run_dialsum("launch", str(config), "--nproc", "2")
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sleeps = {rank: float(end) - float(start) for rank, start, end in
+              (line.split() for line in stamps.read_text().splitlines())}
+    assert sorted(sleeps) == ["0", "1"] and min(sleeps.values()) >= 40, sleeps
+    assert engine_processes(tmp_path) == []
+    run = only_run(tmp_path)
+    assert run["status"] == "preempted" and run["exit_code"] == PREEMPTED_EXIT_CODE
+    [event] = [e for e in run["events"] if e["kind"] == "preempted"]
+    saved = checkpoints(tmp_path / "out" / "runs" / run["run_id"] / "checkpoints")
+    assert event["step"] == 4 and [step for step, _ in saved] == [4], saved
+    assert read_marker(saved[0][1])["step"] == 4
+
+
+def test_signalled_rank_leaves_when_its_peer_is_frozen(tmp_path, tiny_model_dir):
+    """Rank 1 freezes (SIGSTOP) at the end of step 3; rank 0 goes on into step 4 and waits for it in a collective,
+    where Python runs no signal handler. 5 s later the launcher gets SIGTERM: rank 0's watchdog, woken through the
+    signal wake-up fd, hears no heartbeat from rank 1 and exits after the peer grace (8 s here) instead of waiting for
+    the launcher's SIGKILL, which ends the frozen rank after the shutdown grace (40 s). Exit 143 (the launcher's
+    signal), run `failed`, no rank left."""
+    import subprocess
+    import sys
+
+    from launch_helpers import REPO_ROOT
+
+    stamp = tmp_path / "fault.time"
+    config = config_with(tmp_path, tiny_model_dir, callbacks=fault(1, 3, "freeze", stamp_file=str(stamp)),
+                         training={"max_steps": 8, "eval_strategy": "no"})
+    out = tmp_path / "launcher.log"
+    with out.open("w") as log_file:
+        launcher = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "2"],
+                                    cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "DIALSUM_PEER_GRACE_S": "8",
+                                         "DIALSUM_SHUTDOWN_GRACE_S": "40"})
+    try:
+        deadline = time.monotonic() + 300
+        while not stamp.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stamp.exists(), out.read_text()[-3000:]
+        ranks = {p.environ().get("RANK"): p for p in engine_processes(tmp_path)}
+        assert sorted(ranks) == ["0", "1"], ranks
+        time.sleep(5)  # rank 0 is inside step 4's first collective by now
+        os.kill(launcher.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        deadline = signalled + 120
+        while ranks["0"].is_running() and ranks["0"].status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rank0_left = time.monotonic() - signalled
+        assert ranks["1"].is_running() and ranks["1"].status() == psutil.STATUS_STOPPED, "rank 1 is still frozen"
+        launcher.wait(timeout=120)
+    finally:
+        kill_tree(launcher)
+        for rank in engine_processes(tmp_path):
+            rank.kill()
+    # 8 s of silence, read every second; the bound leaves room for a busy machine (the launcher's kill is at 40 s)
+    assert 8 <= rank0_left < 25, f"rank 0 left {rank0_left:.0f} s after the signal"
+    text = out.read_text()
+    assert launcher.returncode == 143, text[-3000:]
+    assert "no heartbeat from rank 1" in text, text[-3000:]
+    assert engine_processes(tmp_path) == []
+    run = only_run(tmp_path)
+    assert run["status"] == "failed" and run["exit_code"] == 143, run
+    print(f"rank 0 left {rank0_left:.1f} s after the signal")
+
+
 def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir):
     """Rank 1 is killed at step 10 on the first attempt only; `--max-restarts 1` restarts the group, which resumes
     from checkpoint-8 (saved with the step-8 evaluation) and completes the same run."""
     config = config_with(tmp_path, tiny_model_dir, callbacks=fault(1, 10, "kill", first_attempt_only=True))
     proc = run_dialsum("launch", str(config), "--nproc", "2", "--max-restarts", "1",
-                       env={"DIALSUM_STEP_GRACE_S": "5"})
+                       env={"DIALSUM_PEER_GRACE_S": "5"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert engine_processes(tmp_path) == []
     run = only_run(tmp_path)
@@ -186,7 +283,7 @@ def test_sigkilled_launcher_leaves_no_rank_behind(tmp_path, tiny_model_dir):
 
     config = config_with(tmp_path, tiny_model_dir, training={"max_steps": 400, "eval_strategy": "no"})
     launcher = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "2"],
-                                cwd=REPO_ROOT, env={**os.environ, "DIALSUM_STEP_GRACE_S": "10"},
+                                cwd=REPO_ROOT, env={**os.environ, "DIALSUM_PEER_GRACE_S": "10"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         db = tmp_path / "out" / "dialsum.db"

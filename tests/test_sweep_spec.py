@@ -184,13 +184,22 @@ def test_hyperband_and_metric_normalisation():
      "sweep.yaml: early_terminate.s: hyperband with max_iter needs s"),
     ("method: random\nparameters: {a.b: {value: 1}}\nearly_terminate: {type: hyperband}",
      "sweep.yaml: early_terminate: hyperband needs min_iter"),
-    ("method: random\nname: 'my sweep'\nparameters: {a.b: {value: 1}}", "sweep.yaml: name: 'my sweep': use letters"),
+    ("method: random\nname: 'my sweep'\nparameters: {a.b: {value: 1}}",
+     "sweep.yaml: name: 'my sweep': a sweep name starts with a letter or digit, then letters, digits, '_', '-', '.'"),
     ("- 1\n- 2", "sweep.yaml: top level must be a mapping"),
 ])
 def test_bad_yaml_names_file_and_key(text, message):
     with pytest.raises(UserError) as err:
         spec_of(text)
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_a_sweep_named_after_a_file_whose_stem_starts_with_an_underscore_is_refused_saying_the_rule():
+    with pytest.raises(UserError) as err:
+        parse_sweep(yaml.safe_load("method: random\nparameters: {a.b: {value: 1}}"), "sweeps/_draft.yaml")
+    assert str(err.value) == ("sweeps/_draft.yaml: name: '_draft' (the file's name; set name: to choose another): a "
+                              "sweep name starts with a letter or digit, then letters, digits, '_', '-', '.' (it names "
+                              "the group and the storage)")
 
 
 def test_unbounded_random_sweep_needs_a_budget():

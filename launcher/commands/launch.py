@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         plan = smaller
     if outcome.error and outcome.failing_rank is None and outcome.launcher_signal is None:
         print(f"dialsum: error: {outcome.error}", file=sys.stderr)  # no rank ran: the rendezvous failed
-    return settle_run(loaded.config, plan.run_id, outcome)
+    return settle_run(loaded.config, plan, outcome)
 
 
 def preempt_lead_s(env) -> float:

@@ -376,7 +376,9 @@ def parse_sweep(data: Any, source: str, default_metric: tuple[str, bool] = ("rou
             raise _err(source, "run_cap", f"must be >= 1; got {run_cap}")
     name = str(data.get("name") or Path(source).stem)
     if not _NAME.match(name):
-        raise _err(source, "name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the group and the storage)")
+        origin = "" if data.get("name") else " (the file's name; set name: to choose another)"
+        raise _err(source, "name", f"{name!r}{origin}: a sweep name starts with a letter or digit, then letters, digits, "
+                                   f"'_', '-', '.' (it names the group and the storage)")
     hyperband = _hyperband(data["early_terminate"], source, notes) if data.get("early_terminate") is not None else None
     return SweepSpec(source=source, name=name, method=method, metric=metric, goal=goal, parameters=tuple(params),
                      run_cap=run_cap, target=target, hyperband=hyperband, project=str(data.get("project") or ""),

@@ -2,7 +2,7 @@
 # The run id is the job id, so a requeued job (same SLURM_JOB_ID) resumes its run from its last checkpoint.
 export DIALSUM_RUN_ID="${DIALSUM_RUN_ID:-slurm-${SLURM_JOB_ID}}"
 DIALSUM="${DIALSUM:-dialsum}"
-PREEMPTED=75  # engine.signals.PREEMPTED_EXIT_CODE
+PREEMPTED=75  # engine.plan.PREEMPTED_EXIT_CODE
 export DIALSUM_PREEMPT_LEAD_S="${DIALSUM_PREEMPT_LEAD_S:-90}"  # the --signal=B:USR1@90 lead: rank 0 warns if it is short
 first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 # NodeAddr, not the node name: node names need not resolve (and "localhost" would be wrong on every other node).
