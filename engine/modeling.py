@@ -61,7 +61,7 @@ def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
                          else (model_cfg.name_or_path, "model.name_or_path"))
     tok_src = check_model_source(tok_name, tok_key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_src)
+        tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"{tok_key}: cannot load a tokenizer from {tok_name!r}: {_reason(tok_name, exc)}") from None
     if tokenizer.pad_token is None:  # the collator and generation need one; eos is the usual stand-in
@@ -75,7 +75,7 @@ def load_model(model_cfg: ModelConfig, tokenizer, task):
     tags), and the token ids the task needs set (`task.prepare`)."""
     model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
     try:
-        model = task.model_class().from_pretrained(model_src)
+        model = task.model_class().from_pretrained(model_src, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a {task.name} model from {model_cfg.name_or_path!r}: "
                         f"{_reason(model_cfg.name_or_path, exc)}") from None
@@ -92,7 +92,7 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[
     tokenizer = load_tokenizer(model_cfg, extra_special_tokens)
     if task is None:
         try:
-            task = get_task(task_of_model(model_src))
+            task = get_task(task_of_model(model_src, model_cfg.task, model_cfg.trust_remote_code))
         except (OSError, ValueError) as exc:
             raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
                             f"{_reason(model_cfg.name_or_path, exc)}") from None

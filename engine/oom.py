@@ -19,6 +19,7 @@ to every micro-step, so the engine leaves it off.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -31,6 +32,7 @@ from engine.agreement import agree_after_forward
 from engine.compat import SequentialEvaluation, sync_gradients
 from engine.plan import OOM_RESTART_EXIT_CODE
 from engine.recorder import Recorder
+from engine.generation import seeded
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,40 @@ class OOMBackoffTrainer(SequentialEvaluation, Seq2SeqTrainer):
     """Seq2SeqTrainer whose training step survives forward-pass OOM by splitting the micro-batch and counts source
     tokens in the same all-reduce (see the module doc)."""
 
-    def __init__(self, *args, recorder: Recorder, **kwargs):
+    def __init__(self, *args, recorder: Recorder, gather_for_generation: bool = False, sample_seed: int | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.recorder = recorder
         self.splits = 1  # chunks per micro-batch; doubles at each agreed OOM
+        self.gather_for_generation, self.sample_seed = gather_for_generation, sample_seed
+
+    # -- evaluation by generation (every task) --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def generation_model(self):
+        """The model an evaluation generates with. Under ZeRO-3 every generated token would all-gather every layer
+        again; where the plan found the whole model fits one rank for inference (`plan.gather_for_generation`), it is
+        gathered once for the pass instead (TRL's `unwrap_model_for_generation`: DeepSpeed's hooks off meanwhile).
+        Sampling draws from `sample_seed` (generation.do_sample), the training's random state kept."""
+        with seeded(self.sample_seed):
+            if self.gather_for_generation and self._zero3():
+                from trl.models import unwrap_model_for_generation
+
+                with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
+                    yield model
+            else:
+                yield self.model
+
+    def synced_generation(self) -> dict[str, bool]:
+        """Under ZeRO-3 with per-layer gathers, a rank whose rows have finished keeps stepping so that its peers'
+        all-gathers meet it (`synced_gpus`); with the model gathered, or without ZeRO-3, no rank waits for another."""
+        return {"synced_gpus": self._zero3() and not self.gather_for_generation and self.args.world_size > 1}
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if prediction_loss_only or not self.args.predict_with_generate:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        with self.generation_model():  # Seq2SeqTrainer generates with self.model: gathered inside, when planned
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                           **self.synced_generation())
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()

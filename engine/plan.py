@@ -78,6 +78,7 @@ class Plan:
     dataloader_num_workers: int = 0  # per rank
     pad_to_multiple_of: int = 1      # batch lengths rounded up to a multiple of this (1: longest in the batch)
     find_unused_parameters: bool = True  # DDP looks for parameters without a gradient after every forward
+    gather_for_generation: bool = False  # ZeRO-3: evaluation gathers the whole model once instead of per token
 
     def to_json(self) -> str:
         """Unredacted: for the broadcast to the ranks of an external launcher (memory, never a file)."""

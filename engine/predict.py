@@ -45,11 +45,13 @@ def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
 
 
 def summarize(model, tokenizer, dataset: SummarizationDataset, generation: GenerationConfig, *, batch_size: int,
-              task=None, progress: bool = True) -> list[str]:
+              task=None, seed: int | None = None, progress: bool = True) -> list[str]:
     """Generated summaries for every dialogue of `dataset`, in dataset order (batches sorted longest first). `task`:
-    the model's (engine/tasks), which pads the batch, sets the generation arguments and takes the prompt off."""
+    the model's (engine/tasks), which pads the batch, sets the generation arguments and takes the prompt off; `seed`
+    (sampling): the random state every batch's generation starts from."""
     from tqdm import tqdm
 
+    from engine.generation import seeded
     from engine.modeling import decode_summaries
     from engine.tasks import get_task, task_of_config
 
@@ -62,7 +64,9 @@ def summarize(model, tokenizer, dataset: SummarizationDataset, generation: Gener
         for start in range(0, len(ordered), batch_size):
             rows = [ordered[k] for k in range(start, min(start + batch_size, len(ordered)))]
             batch = task.generation_batch(tokenizer, rows).to(device)
-            summaries += decode_summaries(tokenizer, task.summary_ids(model.generate(**batch, **kwargs), batch))
+            with seeded(seed if generation.do_sample else None):
+                generated = model.generate(**batch, **kwargs)
+            summaries += decode_summaries(tokenizer, task.summary_ids(generated, batch))
             bar.update(len(rows))
     return ordered.restore(summaries)
 
@@ -76,11 +80,13 @@ def summarize_file(cfg: DialsumConfig, model_dir: str | Path, input_path: str | 
     from engine.tasks import get_task, task_of_model
 
     dialogues = read_dialogues(input_path, require_summary=False, key=key)
-    task = get_task(task_of_model(str(model_dir)))
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)), [], task)
+    task = get_task(task_of_model(str(model_dir), trust_remote_code=cfg.model.trust_remote_code))
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(name_or_path=str(model_dir), trust_remote_code=cfg.model.trust_remote_code), [], task)
     model.to(device).eval()
     dataset = tokenize_split(dialogues, tokenizer, task.encoder(cfg, tokenizer), with_labels=False, cache_dir=None)
-    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, task=task)
+    summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, task=task,
+                          seed=cfg.experiment.seed)
     return write_predictions_csv(Path(out_path), [x.fname for x in dialogues], summaries), len(summaries)
 
 

@@ -29,7 +29,12 @@ class ExperimentConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("", "Hugging Face hub id or local directory of a seq2seq model (AutoModelForSeq2SeqLM).")
+    name_or_path: str = _f("", "Hugging Face hub id or local directory of a summarization model: encoder-decoder "
+                               "(AutoModelForSeq2SeqLM) or decoder-only (AutoModelForCausalLM).")
+    task: str = _f("auto", "seq2seq (encoder-decoder) or causal (decoder-only); auto: from the model's config.",
+                   choices=["auto", "seq2seq", "causal"])
+    trust_remote_code: bool = _f(False, "Run the model's own code from its directory or hub repo (EXAONE-style models);"
+                                        " only for code you trust.")
     tokenizer: str = _f("", "Tokenizer hub id or directory; empty means the same as name_or_path.")
     registry_name: str = _f("", "Model name in the registry; empty means experiment.name.")
 
@@ -44,6 +49,11 @@ class DataConfig:
     pad_to_multiple_of: int | None = _f(None, "Pad each batch's dialogues and summaries to a multiple of this many "
                                         "tokens (default: 8 where it divides both max lengths; 1: off).", min=1)
     source_prefix: str = _f("", "Text prepended to every dialogue (e.g. 'summarize: ' for T5).")
+    prompt_template: str = _f("", "Causal models: the prompt around {dialogue} (and {instruction}) when the tokenizer "
+                                  "has no chat template, or to use instead of it; empty: the chat template, else "
+                                  "'{instruction}\\n\\n{dialogue}\\n\\nSummary:'.")
+    instruction: str = _f("", "Causal models: the instruction before the dialogue; empty: a default in "
+                              "evaluation.lang (English or Korean).")
     max_train_samples: int | None = _f(None, "Use only the first N training rows.", min=1)
     max_eval_samples: int | None = _f(None, "Use only the first N evaluation rows.", min=1)
     cache_dir: str = _f("", "Tokenized-data cache; empty means <output_root>/cache.")
@@ -87,6 +97,13 @@ class GenerationConfig:
     length_penalty: float = _f(1.0, "Beam length penalty.")
     no_repeat_ngram_size: int = _f(0, "Block repeated n-grams of this size (0 = off).", min=0)
     early_stopping: bool = _f(True, "Stop beams when all have finished.")
+    do_sample: bool = _f(False, "Sample instead of searching (seeded by experiment.seed: a rerun writes the same "
+                                "summaries).")
+    temperature: float = _f(1.0, "Sampling temperature (do_sample).", min=0.0)
+    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability (do_sample).",
+                      min=0.0, max=1.0)
+    top_k: int = _f(50, "Sample among the k most likely tokens (do_sample; 0 = off).", min=0)
+    repetition_penalty: float = _f(1.0, "Penalty on tokens already generated (1.0 = off).", min=0.0)
 
 
 @dataclass

@@ -38,11 +38,12 @@ from engine.callbacks.best import BestTracker
 from engine.callbacks.pruning import sweep_callbacks
 from engine.checkpointing import MARKER, CheckpointCommitter, read_marker, train_or_resume
 from engine.config import config_from_dict
-from engine.data import LengthSorted, SummarizationDataset, find_placeholder_tokens, read_dialogues, tokenize_split
+from engine.data import LengthSorted, SummarizationDataset
+from engine.datasets import Datasets, prepare_datasets
 from engine.distributed import is_distributed
 from engine.environment import collect_environment, git_commit
 from engine.errors import UserError
-from engine.modeling import decode_summaries, load_model, load_tokenizer
+from engine.modeling import decode_summaries, load_model
 from engine.plan import PREEMPTED_EXIT_CODE, Plan, run_dir
 from engine.recorder import make_recorder
 from engine.redact import redact
@@ -55,12 +56,6 @@ log = logging.getLogger(__name__)
 
 # Files of a Trainer checkpoint that make up the model; DeepSpeed/optimizer state (pickles) is never exported.
 MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
-
-
-@dataclass
-class Datasets:
-    train: SummarizationDataset
-    eval: SummarizationDataset
 
 
 @dataclass
@@ -137,16 +132,9 @@ class DialogueSummarizationTrainer:
 
     # -- data -----------------------------------------------------------------------------------------------------
     def prepare_data(self) -> Datasets:
-        """Training and evaluation dialogues as token ids; the tokenizer gets the data's speaker tags."""
-        d = self.cfg.data
-        train_rows = read_dialogues(d.train_file, require_summary=True, limit=d.max_train_samples, key="data.train_file")
-        eval_rows = read_dialogues(d.eval_file, require_summary=True, limit=d.max_eval_samples, key="data.eval_file")
-        tags = find_placeholder_tokens(train_rows + eval_rows) if d.speaker_tokens else []
-        self.tokenizer = load_tokenizer(self.cfg.model, tags)
-        encoder = self.task.encoder(self.cfg, self.tokenizer)
-        cache_dir = Path(d.cache_dir or Path(self.cfg.experiment.output_root) / "cache")
-        return Datasets(train=tokenize_split(train_rows, self.tokenizer, encoder, with_labels=True, cache_dir=cache_dir),
-                        eval=tokenize_split(eval_rows, self.tokenizer, encoder, with_labels=True, cache_dir=cache_dir))
+        """Training and evaluation dialogues as token ids (engine/datasets.py); the model loads in `train`."""
+        self.tokenizer, datasets = prepare_datasets(self.cfg, self.task)
+        return datasets
 
     # -- the run --------------------------------------------------------------------------------------------------
     def train(self, datasets: Datasets) -> TrainResult:
@@ -218,6 +206,8 @@ class DialogueSummarizationTrainer:
             eval_dataset=eval_set, processing_class=self.tokenizer,
             data_collator=task.training_collator(self.tokenizer, self.model, plan.pad_to_multiple_of),
             compute_metrics=scorer, callbacks=self._callbacks(recorder, best, preemption), recorder=recorder,
+            gather_for_generation=plan.gather_for_generation,
+            sample_seed=cfg.experiment.seed if cfg.generation.do_sample else None,
         )
         return trainer, best
 

@@ -1,8 +1,9 @@
-"""`dialsum init-model`: a small BART with a byte-level BPE tokenizer trained on the training split.
+"""`dialsum init-model`: a small BART (encoder-decoder) or Llama (decoder-only, with a ChatML chat template) and a
+byte-level BPE tokenizer trained on the training split.
 
 There is no model hub on air-gapped machines and no pretrained checkpoint in the repo, yet the whole pipeline (launch,
-DeepSpeed, evaluation, registry) must run end to end. This writes a fresh, deterministic seq2seq model directory that
-loads through the ordinary `from_pretrained` path, exactly like a downloaded one.
+DeepSpeed, evaluation, registry) must run end to end. This writes a fresh, deterministic model directory that loads
+through the ordinary `from_pretrained` path, exactly like a downloaded one.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ SIZES = {
 }
 # BART's id layout: the tokenizer trainer assigns these ids in this order.
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+ARCHS = ("bart", "llama")
+# ChatML, as Qwen's instruct models write it: the causal test model has a chat template like the models users bring.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 @dataclass
@@ -52,10 +58,20 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return BartTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], model_max_length=1024)
 
 
-def build_model(tokenizer, size: ModelSize, seed: int):
+def build_model(tokenizer, size: ModelSize, seed: int, arch: str = "bart"):
     import torch
     from transformers import BartConfig, BartForConditionalGeneration
 
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=size.d_model, intermediate_size=size.ffn_dim,
+                             num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                             num_key_value_heads=max(1, size.heads // 2), max_position_embeddings=2048,
+                             tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
     config = BartConfig(
         vocab_size=len(tokenizer), d_model=size.d_model, max_position_embeddings=1024,
         encoder_layers=size.layers, decoder_layers=size.layers,
@@ -69,14 +85,17 @@ def build_model(tokenizer, size: ModelSize, seed: int):
     return BartForConditionalGeneration(config)
 
 
-def build_from_data(train_file: str | Path, spec: ModelSize, vocab_size: int, seed: int):
+def build_from_data(train_file: str | Path, spec: ModelSize, vocab_size: int, seed: int, arch: str = "bart"):
     """(model, tokenizer): the tokenizer trained on the split's dialogues and summaries, the model sized by spec."""
     from engine.data import read_dialogues  # torch-heavy; keeps `dialsum --help` fast
 
     dialogues = read_dialogues(train_file, require_summary=True, key="--from-data")
     texts = [d.dialogue for d in dialogues] + [r for d in dialogues for r in d.references]
     tokenizer = train_tokenizer(texts, vocab_size)
-    return build_model(tokenizer, spec, seed), tokenizer
+    if arch == "llama":
+        tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+        tokenizer.chat_template = CHATML
+    return build_model(tokenizer, spec, seed, arch), tokenizer
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -103,16 +122,18 @@ def save_model_dir(model, tokenizer, out_dir: Path) -> None:
 
 
 def init_model(train_file: str | Path, out_dir: str | Path, *, size: str = "tiny", vocab_size: int | None = None,
-               seed: int = 42) -> InitResult:
+               seed: int = 42, arch: str = "bart") -> InitResult:
     """Train the tokenizer on dialogues + summaries, build the model, save both to out_dir atomically."""
     if size not in SIZES:
         raise UserError(f"--size: unknown size {size!r} (expected one of {', '.join(SIZES)})")
+    if arch not in ARCHS:
+        raise UserError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
     spec = SIZES[size]
     vocab_size = vocab_size or spec.vocab_size
     if vocab_size < 300:  # 256 byte symbols + the special tokens + a few merges
         raise UserError(f"--vocab-size: {vocab_size} is too small (expected at least 300)")
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    model, tokenizer = build_from_data(train_file, spec, vocab_size, seed)
+    model, tokenizer = build_from_data(train_file, spec, vocab_size, seed, arch)
     save_model_dir(model, tokenizer, out_dir)
     return InitResult(out_dir=out_dir, vocab_size=len(tokenizer), num_parameters=model.num_parameters())

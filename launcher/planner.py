@@ -349,6 +349,10 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                           model_states=fp.model_states if spec is not None else 0, world=world,
                           use_deepspeed=use_deepspeed)
     reasons.update(speed.reasons)
+    gather = False
+    if chosen.zero_stage == 3:
+        gather, reasons["gather_for_generation"] = _gather_for_generation(
+            cfg, setting if spec is not None else None, chosen, speed.eval_batch_size)
     ds = None
     if use_deepspeed:
         ds = render_deepspeed_config(zero_stage=chosen.zero_stage, precision=precision, micro_batch_size=micro,
@@ -366,7 +370,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc, env or {}), topology=topology.to_dict(),
         group_by_length=speed.group_by_length, eval_batch_size=speed.eval_batch_size, optim=speed.optim,
         dataloader_num_workers=speed.dataloader_num_workers, pad_to_multiple_of=speed.pad_to_multiple_of,
-        find_unused_parameters=speed.find_unused_parameters)
+        find_unused_parameters=speed.find_unused_parameters, gather_for_generation=gather)
 
 
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
@@ -664,6 +668,29 @@ def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro
                         {"group_by_length": group_reason, "eval_batch_size": eval_reason, "optim": optim_reason,
                          "dataloader_num_workers": workers_reason, "pad_to_multiple_of": pad_reason,
                          "find_unused_parameters": unused_reason})
+
+
+def _gather_for_generation(cfg: DialsumConfig, setting: Setting | None, c: Candidate,
+                           eval_batch: int) -> tuple[bool, str]:
+    """ZeRO-3 evaluation: gather the whole model once per evaluation when it fits one rank beside the training
+    states and the generation batch; else every generated token all-gathers every layer again."""
+    if setting is None or not setting.spec.has_architecture:
+        return False, "off: the model's sizes are not known; parameters are gathered layer by layer for each token"
+    if c.offload_params:
+        return False, "off: parameters are offloaded to the CPU; they are gathered layer by layer for each token"
+    w = 2 if setting.precision in ("bf16", "fp16") else 4
+    fp = setting.footprint(c, 1)
+    rows = eval_batch * cfg.generation.num_beams
+    need = (fp.model_states + fp.overhead + w * setting.spec.params
+            + generation_bytes(setting.spec, rows=rows, source_length=cfg.data.max_source_length,
+                               target_length=cfg.generation.max_new_tokens + 1, precision=setting.precision,
+                               device=setting.device))
+    if need <= setting.budget:
+        return True, (f"on: the whole model ({gib(w * setting.spec.params)}) is gathered once per evaluation instead "
+                      f"of layer by layer for every generated token; with the ZeRO-3 states and {rows} generating rows "
+                      f"it needs {gib(need)} of the {gib(setting.budget)} budget")
+    return False, (f"off: the whole model with the ZeRO-3 states and {rows} generating rows would need {gib(need)} of "
+                   f"the {gib(setting.budget)} budget; parameters are gathered layer by layer for each token")
 
 
 def _find_unused(setting: Setting | None, use_deepspeed: bool, world: int) -> tuple[bool, str]:

@@ -54,3 +54,13 @@ def tiny_model_dir(tmp_path_factory, mini_data) -> Path:
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     init_model(mini_data["train_csv"], out, size="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, mini_data) -> Path:
+    """`dialsum init-model --arch llama --size tiny --seed 0`: a decoder-only model with a ChatML chat template."""
+    from launcher.model_init import init_model
+
+    out = tmp_path_factory.mktemp("tiny-llama") / "model"
+    init_model(mini_data["train_csv"], out, size="tiny", seed=0, arch="llama")
+    return out

@@ -12,6 +12,7 @@ from typing import Any
 from engine.compat import fast_encode
 from engine.data import Dialogue
 from engine.schema import DialsumConfig, GenerationConfig
+from engine.generation import search_and_sampling
 
 
 @dataclass(frozen=True)
@@ -78,21 +79,12 @@ class Seq2SeqTask:
                              return_tensors="pt")
 
     def generation_kwargs(self, g: GenerationConfig) -> dict[str, Any]:
-        """`model.generate` keyword arguments for the configured settings, as evaluation applies them: lengths as
-        max_length/min_length, where the decoder start token counts (so N new tokens is N + 1), and any
-        max_new_tokens/min_new_tokens saved with the checkpoint cleared, since they would override them. Sampling is
-        off so a submission is reproducible; `early_stopping` is a beam-search flag that greedy search rejects."""
-        return {
-            "num_beams": g.num_beams,
-            "max_length": g.max_new_tokens + 1,
-            "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0,
-            "max_new_tokens": None,
-            "min_new_tokens": None,
-            "length_penalty": g.length_penalty,
-            "no_repeat_ngram_size": g.no_repeat_ngram_size,
-            "early_stopping": g.early_stopping if g.num_beams > 1 else False,
-            "do_sample": False,
-        }
+        """`model.generate` arguments as evaluation applies them: lengths as max_length/min_length, where the decoder
+        start token counts (so N new tokens is N + 1), and any max_new_tokens/min_new_tokens saved with the
+        checkpoint cleared, since they would override them."""
+        return {**search_and_sampling(g), "max_length": g.max_new_tokens + 1,
+                "min_length": g.min_new_tokens + 1 if g.min_new_tokens else 0, "max_new_tokens": None,
+                "min_new_tokens": None}
 
     def summary_ids(self, generated, batch):
         """The decoder's output is the summary (behind its start token, which decoding drops)."""
@@ -102,6 +94,10 @@ class Seq2SeqTask:
         from engine.oom import OOMBackoffTrainer
 
         return OOMBackoffTrainer
+
+    # nothing to audit before launch: dialogue and summary are tokenized apart, and the collator masks label padding
+    # with -100 whatever the pad token is (the causal task audits its rows: `audit`)
+    audits_before_launch = False
 
     def flops_per_token(self, num_params: int, cfg: DialsumConfig) -> float:
         """Training FLOPs per counted token; the counted tokens are the encoder's (source) tokens."""

@@ -49,6 +49,18 @@ def check_data(cfg) -> None:
         read_dialogues(d.test_file, require_summary=False, key="data.test_file")
 
 
+def audit_rows(cfg, task_name: str) -> None:
+    """A task that audits its encoded rows (the causal task: masks, ends, prompts) does so here, before any rank
+    starts; the token cache it fills is what the ranks then read."""
+    from engine.tasks import get_task
+
+    task = get_task(task_name)
+    if task.audits_before_launch:
+        from engine.datasets import prepare_datasets
+
+        task.audit(cfg, *prepare_datasets(cfg, task))
+
+
 def check_model(cfg) -> None:
     """The model must be readable before any rank starts: a missing directory, a config.json that is not JSON or a hub
     id that cannot be resolved is a one-line error here, not a rank's traceback after the run folder exists."""
@@ -115,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(loaded, topology, env=env, run_id=run_id or fresh_run_id(), nnodes=args.nnodes,
                      nproc_per_node=args.nproc, sweep_trial=read_sweep_trial(args.sweep_trial),
                      preempt_lead_s=preempt_lead_s(env))
+    audit_rows(loaded.config, plan.task)
     print_plan(plan)
     if args.dry_run:
         return 0

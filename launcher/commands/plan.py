@@ -15,7 +15,7 @@ from engine.plan import Plan
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
 DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
              "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers",
-             "pad_to_multiple_of", "find_unused_parameters")
+             "pad_to_multiple_of", "find_unused_parameters", "gather_for_generation")
 _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
 
 
@@ -154,6 +154,7 @@ def print_plan(plan: Plan) -> None:
         "dataloader_num_workers": str(plan.dataloader_num_workers),
         "pad_to_multiple_of": str(plan.pad_to_multiple_of),
         "find_unused_parameters": "on" if plan.find_unused_parameters else "off",
+        "gather_for_generation": "on" if plan.gather_for_generation else "off",
     }
     table = Table(title="Plan", show_lines=False)
     for column in ("decision", "value", "reason"):
