@@ -57,6 +57,18 @@ ALIASES: dict[str, str] = {
     "min_new_tokens": "generation.min_new_tokens",
     "length_penalty": "generation.length_penalty",
     "no_repeat_ngram_size": "generation.no_repeat_ngram_size",
+    "do_sample": "generation.do_sample",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "repetition_penalty": "generation.repetition_penalty",
+    # PEFT's LoraConfig, as LLM fine-tuning scripts and their sweep files name it (lora_r, lora_alpha, ...)
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
+    "target_modules": "lora.target_modules",
+    "modules_to_save": "lora.modules_to_save",
     # run_summarization.py's ModelArguments / DataTrainingArguments
     "model_name_or_path": "model.name_or_path",
     "tokenizer_name": "model.tokenizer",
@@ -83,6 +95,8 @@ LENGTHS_WITH_START_TOKEN: dict[str, str] = {"generation_max_length": "generation
                                             "generate_max_length": "generation.max_new_tokens",
                                             "max_length": "generation.max_new_tokens"}
 BATCH_FACTORS = (PER_DEVICE, ACCUMULATION)
+# List keys whose value a script takes as one comma-separated string.
+COMMA_LISTS = ("lora.target_modules", "lora.modules_to_save")
 # Known names dialsum deliberately does not take, with what to do instead.
 REFUSED: dict[str, str] = {
     "fp16": "precision is one key: use parallel.precision (auto, fp32, bf16, fp16)",
@@ -181,6 +195,8 @@ def to_config_params(params: Mapping[str, Any], origin: str, *, world: int, base
             value -= 1
         elif name != key:
             notes.append(f"{name} -> {key}")
+        if key in COMMA_LISTS and isinstance(value, str):  # "q_proj,v_proj", as scripts pass it on a command line
+            value = [part.strip() for part in value.split(",") if part.strip()]
         out[key] = value
     if factors:
         per_device = factors.get(PER_DEVICE)

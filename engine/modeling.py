@@ -10,7 +10,8 @@ from pathlib import Path
 
 from engine.data import PLACEHOLDER_RE
 from engine.errors import UserError
-from engine.schema import ModelConfig
+from engine.adapters import quantization_config, read_model_card
+from engine.schema import DialsumConfig, ModelConfig, TrainingConfig
 from engine.tasks import get_task, task_of_model
 
 
@@ -27,7 +28,7 @@ def check_model_source(name: str, key: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{key}: {name} is a file (expected a model directory written by save_pretrained)")
-        if key == "model.name_or_path" and not (path / "config.json").is_file():
+        if key == "model.name_or_path" and not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
             raise UserError(f"{key}: {name} has no config.json (expected a model directory written by save_pretrained)")
         return str(path)
     if looks_like_path(name):
@@ -70,12 +71,19 @@ def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
     return tokenizer
 
 
-def load_model(model_cfg: ModelConfig, tokenizer, task):
+def load_model(model_cfg: ModelConfig, tokenizer, task, quantization=None):
     """The task's Auto model class from a hub id or local directory, its embeddings grown to the tokenizer (speaker
-    tags), and the token ids the task needs set (`task.prepare`)."""
+    tags), and the token ids the task needs set (`task.prepare`). `quantization`: a BitsAndBytesConfig (QLoRA), the
+    base then loaded 4-bit on this rank's device."""
     model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
+    kwargs = {}
+    if quantization is not None:
+        import torch
+
+        kwargs = {"quantization_config": quantization, "dtype": torch.bfloat16,
+                  "device_map": {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}}
     try:
-        model = task.model_class().from_pretrained(model_src, trust_remote_code=model_cfg.trust_remote_code)
+        model = task.model_class().from_pretrained(model_src, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot load a {task.name} model from {model_cfg.name_or_path!r}: "
                         f"{_reason(model_cfg.name_or_path, exc)}") from None
@@ -86,17 +94,35 @@ def load_model(model_cfg: ModelConfig, tokenizer, task):
 
 
 def load_model_and_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str], task=None):
-    """Tokenizer and model together (prediction, tests): `task` defaults to the one the model's config says.
-    Returns (model, tokenizer)."""
+    """Tokenizer and model together (prediction, tests): `task` defaults to the one the model's config says. An
+    exported adapter (PEFT's files and engine.adapters.MODEL_CARD) loads its base model, quantized as it was trained,
+    with the adapter on it. Returns (model, tokenizer)."""
     model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
     tokenizer = load_tokenizer(model_cfg, extra_special_tokens)
-    if task is None:
-        try:
-            task = get_task(task_of_model(model_src, model_cfg.task, model_cfg.trust_remote_code))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
-                            f"{_reason(model_cfg.name_or_path, exc)}") from None
+    task = task or saved_model_task(model_cfg)
+    if (Path(model_src) / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        card = read_model_card(model_src)
+        base = ModelConfig(name_or_path=card["base_model"], trust_remote_code=card["trust_remote_code"])
+        model = load_model(base, tokenizer, task,
+                           quantization_config(DialsumConfig(training=TrainingConfig(method=card["method"]))))
+        return PeftModel.from_pretrained(model, model_src), tokenizer
     return load_model(model_cfg, tokenizer, task), tokenizer
+
+
+def saved_model_task(model_cfg: ModelConfig):
+    """The task of a model folder or hub id: what its MODEL_CARD says (an exported dialsum model, adapters too),
+    else its config.json."""
+    model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
+    card = read_model_card(model_src) if Path(model_src).is_dir() else {}
+    if card:
+        return get_task(card["task"])
+    try:
+        return get_task(task_of_model(model_src, model_cfg.task, model_cfg.trust_remote_code))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
+                        f"{_reason(model_cfg.name_or_path, exc)}") from None
 
 
 def control_token_ids(tokenizer) -> set[int]:

@@ -39,7 +39,7 @@ def resolve_model(cfg: DialsumConfig, model_ref: str) -> dict[str, Any]:
     with open_store(store_uri(cfg), create=False) as store:
         version = Registry(store).get(name, ref)
     checkpoint = Path(version["checkpoint_dir"])
-    if not (checkpoint / "config.json").is_file():
+    if not any((checkpoint / f).is_file() for f in ("config.json", "adapter_config.json")):
         raise UserError(f"model {version['ref']}: checkpoint directory {checkpoint} is missing or has no config.json")
     return version
 
@@ -76,13 +76,12 @@ def summarize_file(cfg: DialsumConfig, model_dir: str | Path, input_path: str | 
     """The model saved in `model_dir` summarizes `input_path` (CSV/JSONL with fname, dialogue); `fname,summary` is
     written to `out_path` atomically. Returns (out_path, rows)."""
     from engine.best import write_predictions_csv
-    from engine.modeling import load_model_and_tokenizer
-    from engine.tasks import get_task, task_of_model
+    from engine.modeling import load_model_and_tokenizer, saved_model_task
 
     dialogues = read_dialogues(input_path, require_summary=False, key=key)
-    task = get_task(task_of_model(str(model_dir), trust_remote_code=cfg.model.trust_remote_code))
-    model, tokenizer = load_model_and_tokenizer(
-        ModelConfig(name_or_path=str(model_dir), trust_remote_code=cfg.model.trust_remote_code), [], task)
+    saved = ModelConfig(name_or_path=str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
+    task = saved_model_task(saved)
+    model, tokenizer = load_model_and_tokenizer(saved, [], task)
     model.to(device).eval()
     dataset = tokenize_split(dialogues, tokenizer, task.encoder(cfg, tokenizer), with_labels=False, cache_dir=None)
     summaries = summarize(model, tokenizer, dataset, cfg.generation, batch_size=batch_size, task=task,

@@ -62,6 +62,9 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
+    method: str = _f("full", "What is trained: full (every parameter), lora, dora (LoRA with a magnitude vector) or "
+                             "qlora (LoRA on a 4-bit NF4 base, bitsandbytes); the `lora` section sizes the adapters.",
+                     choices=["full", "lora", "dora", "qlora"])
     num_train_epochs: float = _f(1.0, "Epochs (ignored when max_steps > 0).", min=0.0)
     max_steps: int = _f(-1, "Optimizer steps; -1 means use num_train_epochs.", min=-1)
     learning_rate: float = _f(5e-5, "Peak learning rate.", min=0.0)
@@ -87,6 +90,18 @@ class TrainingConfig:
                                             min=0)
     group_by_length: bool | None = _f(None, "Batch training samples of similar length (default: on; same samples per "
                                       "epoch, less padding).")
+
+
+@dataclass
+class LoraConfig:
+    """Adapters (training.method lora, dora, qlora), through PEFT."""
+    r: int = _f(16, "Rank of each adapter.", min=1)
+    alpha: float = _f(32.0, "Scaling numerator: adapters are scaled by alpha / r.", min=0.0)
+    dropout: float = _f(0.05, "Dropout on each adapted layer's input.", min=0.0, max=1.0)
+    target_modules: list[str] = _f(["all-linear"], "Module names to adapt (as in the model, e.g. q_proj, v_proj; "
+                                                   "GPT-NeoX: query_key_value, dense); [all-linear]: every linear "
+                                                   "layer but the output head.")
+    modules_to_save: list[str] = _f([], "Modules trained in full beside the adapters (e.g. lm_head).")
 
 
 @dataclass
@@ -178,6 +193,7 @@ class DialsumConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -24,13 +24,14 @@ import logging
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
+from engine.adapters import adapt, parameter_counts, quantization_config, uses_adapters, write_model_card
 from engine.agreement import any_rank_flag, any_rank_flag_async
 from engine.atomic import atomic_write_text
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
@@ -54,8 +55,9 @@ from engine.world import WORLD_OF_ONE, World
 
 log = logging.getLogger(__name__)
 
-# Files of a Trainer checkpoint that make up the model; DeepSpeed/optimizer state (pickles) is never exported.
-MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+# Files of a Trainer checkpoint that make up the model (weights or an adapter, configs, tokenizer and its chat
+# template); DeepSpeed/optimizer state (pickles) is never exported.
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja")
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainResult:
     predictions_path: str | None = None
     submission_path: str | None = None  # data.test_file summarized by the best model (fname,summary)
     preempted_at: int | None = None  # the step a preemption checkpoint was written at; the run is not finished
+    parameters: dict = field(default_factory=dict)  # trainable_parameters, total_parameters
 
 
 class RecorderCallback(TrainerCallback):
@@ -145,7 +148,7 @@ class DialogueSummarizationTrainer:
         recorder = self._start_recording()
         trainer = None
         try:
-            self.model = self.model or load_model(cfg.model, self.tokenizer, self.task)
+            self.model = self.model or self._load_model()
             trainer, best = self._build_trainer(datasets, recorder, preemption)
             train_or_resume(trainer, plan, self.run_dir / "checkpoints", best, recorder)
             if preemption.preempted_at is not None:
@@ -155,6 +158,7 @@ class DialogueSummarizationTrainer:
                 trainer.evaluate()  # fewer steps than eval_steps: the run is still scored once
             result.best_metrics, result.best_step, result.final_metrics = best.best_metrics, best.best_step, \
                 best.last_metrics
+            result.parameters = parameter_counts(self.model)  # before the group closes (ZeRO-3's full sizes)
             model_dir = self._export_best(trainer, best)
             result.model_path = str(model_dir)
             if (self.run_dir / "predictions.csv").exists():
@@ -168,6 +172,7 @@ class DialogueSummarizationTrainer:
             if cfg.data.test_file and self.rank == 0:
                 result.submission_path = self._write_submission(model_dir, recorder, final_step)
             summary = {f"best/{k}": v for k, v in result.best_metrics.items()}
+            summary.update({f"model/{k}": float(v) for k, v in result.parameters.items()})
             summary.update({f"final/{k}": v for k, v in result.final_metrics.items()})
             recorder.finish("completed", summary=summary)
         except BaseException as exc:
@@ -187,6 +192,14 @@ class DialogueSummarizationTrainer:
             self.plan.save(self.run_dir / "plan.json")
         recorder.start()
         return recorder
+
+    def _load_model(self):
+        """The task's model; with adapters (training.method lora/dora/qlora) the frozen base, quantized for QLoRA,
+        wrapped by PEFT."""
+        model = load_model(self.cfg.model, self.tokenizer, self.task, quantization_config(self.cfg))
+        if uses_adapters(self.cfg):
+            model = adapt(model, self.cfg, self.task.name, self.tokenizer, self.plan.gradient_checkpointing)
+        return model
 
     def _build_trainer(self, datasets: Datasets, recorder, preemption: PreemptionCallback):
         """The task's Trainer over the datasets, with evaluation by generation (longest dialogue first, summaries
@@ -225,7 +238,8 @@ class DialogueSummarizationTrainer:
             AnomalyDetector.from_config(cfg.monitoring, recorder, all_reduce_flag=any_rank_flag),
             MemoryTracker(recorder, plan.memory),
             Profiler.from_config(cfg.monitoring, recorder,
-                                 flops_per_token=self.task.flops_per_token(self.model.num_parameters(), cfg),
+                                 flops_per_token=self.task.flops_per_token(
+                                     parameter_counts(self.model)["total_parameters"], cfg),
                                  trace_dir=self.run_dir / "traces"),
             *load_custom_callbacks(cfg.callbacks, recorder=recorder),
             *sweep_callbacks(plan.sweep_trial),
@@ -247,6 +261,8 @@ class DialogueSummarizationTrainer:
                                                            plan.world_size),
             gradient_accumulation_steps=plan.gradient_accumulation_steps,
             gradient_checkpointing=plan.gradient_checkpointing,
+            # adapters: the frozen base's activations need input gradients; the reentrant variant cannot give them
+            gradient_checkpointing_kwargs={"use_reentrant": False} if uses_adapters(cfg) else None,
             bf16=plan.precision == "bf16",
             fp16=plan.precision == "fp16",
             learning_rate=t.learning_rate,
@@ -302,9 +318,10 @@ class DialogueSummarizationTrainer:
             trainer.save_model(str(tmp) if self.rank == 0 else None)
         elif self.rank == 0:
             for f in checkpoint.iterdir():
-                if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES) and f.name != "trainer_state.json":
+                if f.is_file() and f.name.endswith(MODEL_FILE_SUFFIXES) and f.name not in ("trainer_state.json", MARKER):
                     shutil.copy2(f, tmp / f.name)
         if self.rank == 0:
+            write_model_card(tmp, self.cfg, self.task.name)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -331,9 +348,13 @@ class DialogueSummarizationTrainer:
         return str(path)
 
     def _model_metadata(self, datasets: Datasets, result: TrainResult) -> dict:
+        adapters = uses_adapters(self.cfg)
         return {
             "base_model": self.cfg.model.name_or_path,
             "task": self.task.name,
+            "method": self.cfg.training.method,
+            **result.parameters,
+            "adapter": asdict(self.cfg.lora) if adapters else None,
             "data_hashes": {"train": datasets.train.content_hash, "eval": datasets.eval.content_hash},
             "best_step": result.best_step,
             "max_source_length": self.cfg.data.max_source_length,

@@ -11,7 +11,7 @@ from engine.process_exit import exit_now
 # Subcommand modules, in the order `dialsum --help` lists them.
 COMMANDS = [
     "launch", "plan", "topology", "config", "init_model", "runs", "models",
-    "evaluate", "predict", "sweep", "report",
+    "evaluate", "predict", "export", "sweep", "report",
 ]
 
 

@@ -42,6 +42,7 @@ class ModelSpec:
     task: str = "seq2seq"               # engine/tasks: which activation formulas (ACTIVATIONS) and model class
     # trainable ones a training step gives no gradient (launcher/unused_parameters.py); None: unknown
     unused_parameters: tuple[str, ...] | None = ()
+    linear_layers: tuple[str, ...] = ()  # short names of the linear layers (what lora.target_modules name)
 
     @property
     def has_architecture(self) -> bool:
@@ -89,6 +90,7 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
     accelerate's `init_empty_weights`: under transformers 5 the latter leaves tied embeddings untied (BART counted
     555k instead of 363k parameters); the meta device keeps them tied and is faster. `raw_config`: the config.json
     as written (default: the config's own dict), read for `tie_word_embeddings`."""
+    from engine.adapters import linear_layer_names
     from engine.compat import attn_implementation
     from engine.tasks import task_of_config
     from launcher.unused_parameters import unused_trainable_parameters
@@ -112,6 +114,7 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
         gated_ffn=bool(getattr(c, "is_gated_act", False)) or "gated" in str(getattr(c, "feed_forward_proj", "")),
         attn_implementation=attn_implementation(model.config), task=task_of_config(hf_config),
         unused_parameters=unused_trainable_parameters(hf_config, raw_config if raw_config is not None else {}),
+        linear_layers=tuple(linear_layer_names(model)),
         attention_dropout=_rate(c, "attention_dropout", "dropout_rate"), dropout=_rate(c, "dropout", "dropout_rate"),
         activation_dropout=_rate(c, "activation_dropout", "dropout_rate"),
         tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
@@ -160,7 +163,7 @@ def raw_config(source: str | os.PathLike, **kwargs) -> dict:
     return PretrainedConfig.get_config_dict(str(source), **kwargs)[0]
 
 
-SPEC_CACHE_FORMAT = 4  # bump when spec_from_hf_config changes what it derives
+SPEC_CACHE_FORMAT = 5  # bump when spec_from_hf_config changes what it derives
 
 
 def spec_cache_dir() -> Path:
@@ -184,7 +187,8 @@ def _cached_spec(model_dir: Path, build) -> ModelSpec:
     try:
         data = json.loads(path.read_text())
         unused = data["unused_parameters"]
-        return ModelSpec(**{**data, "unused_parameters": None if unused is None else tuple(unused)})
+        return ModelSpec(**{**data, "unused_parameters": None if unused is None else tuple(unused),
+                            "linear_layers": tuple(data["linear_layers"])})
     except (OSError, ValueError, TypeError):
         spec = build()
         atomic_write_text(path, json.dumps(asdict(spec)))

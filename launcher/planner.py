@@ -256,6 +256,18 @@ def _load_spec(name: str, device: str) -> tuple[ModelSpec | None, str]:
     return spec, f"{spec.model_type}, {spec.params / 1e6:.1f}M parameters (from {name})"
 
 
+def check_task_and_method(cfg: DialsumConfig, spec: ModelSpec) -> None:
+    """model.task agrees with the model's config; adapters name layers it has (engine/adapters.py)."""
+    from engine.adapters import check_adapters, uses_adapters
+
+    if cfg.model.task not in ("auto", spec.task):
+        raise UserError(f"model.task: {cfg.model.task} set, but {spec.model_type} is "
+                        f"{'an encoder-decoder' if spec.task == 'seq2seq' else 'a decoder-only'} model; set "
+                        f"model.task: {spec.task} or auto")
+    if uses_adapters(cfg):
+        check_adapters(cfg, spec.model_type, list(spec.linear_layers))
+
+
 def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Mapping[str, str] | None = None,
               nnodes: int | None = None, nproc_per_node: int | None = None, trace: bool = False,
               sweep_trial: dict | None = None, preempt_lead_s: float = 0.0) -> Plan:
@@ -270,6 +282,8 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
     cfg = loaded.config
     device = "cuda" if topology.gpus else "cpu"
     spec, model_reason = _load_spec(cfg.model.name_or_path, device)
+    if spec is not None:
+        check_task_and_method(cfg, spec)
     memory = {"correction": memory_correction(cfg, device) if spec else None,
               "trace": (trace or cfg.parallel.trace_memory) and spec is not None}
     user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, env)

@@ -41,16 +41,17 @@ def peak_flops_for_device(device_name: str | None = None) -> float | None:
     return None
 
 
-def estimate_flops_per_token(num_params: int, *, target_to_source: float | None = None) -> float:
-    """Training FLOPs per counted token: 6·N (forward 2·N, backward 4·N).
+def estimate_flops_per_token(num_params: int, *, target_to_source: float | None = None,
+                             frozen: bool = False) -> float:
+    """Training FLOPs per counted token: 6·N (forward 2·N, backward 4·N: the activations' gradients and the weights').
+    A frozen base (adapters) computes no weight gradients: 4·N.
 
     For an encoder-decoder whose counted tokens are the source tokens only (`state.num_input_tokens_seen`),
     pass the target/source length ratio: each stack holds about half the parameters and sees its own tokens, so the
-    cost per source token is 3·N·(1 + ratio).
+    cost per source token is (6·N/2)·(1 + ratio).
     """
-    if target_to_source is None:
-        return 6.0 * num_params
-    return 3.0 * num_params * (1.0 + target_to_source)
+    per_token = (4.0 if frozen else 6.0) * num_params
+    return per_token if target_to_source is None else per_token / 2 * (1.0 + target_to_source)
 
 
 class StepClock:

@@ -1,6 +1,6 @@
 """Registry metadata read straight from a checkpoint directory: no torch, no model load, no pickle.
 
-Parameter counts come from the safetensors headers (8-byte little-endian length + JSON of dtype/shape per tensor), so
+Parameter counts come from the safetensors headers (an adapter's: its own parameters) (8-byte little-endian length + JSON of dtype/shape per tensor), so
 they count every stored tensor: parameters (tied ones once, as saved) plus persistent buffers such as BART's
 final_logits_bias. The rest comes from `config.json` and `tokenizer_config.json`.
 """
@@ -44,11 +44,19 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def extract_checkpoint_metadata(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """architecture, model_type, parameter_count, dtypes, vocab_size, max_positions, tokenizer_class, files, size."""
+    """architecture, model_type, parameter_count, dtypes, vocab_size, max_positions, tokenizer_class, files, size.
+    An adapter (PEFT's adapter_config.json instead of config.json): its type and base model, and the adapter's own
+    parameters."""
     root = Path(checkpoint_dir)
-    if not (root / "config.json").is_file():
+    adapter = root / "adapter_config.json"
+    if not (root / "config.json").is_file() and not adapter.is_file():
         raise UserError(f"{root}: not a model checkpoint (no config.json)")
-    config = _read_json(root / "config.json")
+    if adapter.is_file():
+        peft = _read_json(adapter)
+        config = {"architectures": [f"{peft.get('peft_type', 'PEFT')} adapter"],
+                  "model_type": peft.get("peft_type", "").lower(), "base_model": peft.get("base_model_name_or_path")}
+    else:
+        config = _read_json(root / "config.json")
     weights = sorted(root.glob("*.safetensors"))
     parameters, dtypes = 0, set()
     for path in weights:
@@ -68,4 +76,5 @@ def extract_checkpoint_metadata(checkpoint_dir: str | Path) -> dict[str, Any]:
         "tokenizer_files": [name for name in TOKENIZER_FILES if (root / name).is_file()],
         "weight_files": [p.name for p in weights],
         "size_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
+        **({"adapter_base_model": config["base_model"]} if adapter.is_file() else {}),
     }

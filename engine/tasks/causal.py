@@ -324,5 +324,5 @@ class CausalTask:
         """Every counted token (prompt and summary) passes the whole model."""
         from engine.callbacks.profiler import estimate_flops_per_token
 
-        return estimate_flops_per_token(num_params)
+        return estimate_flops_per_token(num_params, frozen=cfg.training.method != "full")
 

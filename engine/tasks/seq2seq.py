@@ -104,4 +104,5 @@ class Seq2SeqTask:
         from engine.callbacks.profiler import estimate_flops_per_token
 
         d = cfg.data
-        return estimate_flops_per_token(num_params, target_to_source=d.max_target_length / d.max_source_length)
+        return estimate_flops_per_token(num_params, target_to_source=d.max_target_length / d.max_source_length,
+                                        frozen=cfg.training.method != "full")
