@@ -195,7 +195,11 @@ class DialogueSummarizationTrainer:
 
     def _load_model(self):
         """The task's model; with adapters (training.method lora/dora/qlora) the frozen base, quantized for QLoRA,
-        wrapped by PEFT."""
+        wrapped by PEFT. Seeded first: the speaker tags' new embedding rows and the adapters start random, and a
+        rerun (or a resumed run's uninterrupted twin) must start from the same weights."""
+        from transformers import set_seed
+
+        set_seed(self.cfg.experiment.seed)
         model = load_model(self.cfg.model, self.tokenizer, self.task, quantization_config(self.cfg))
         if uses_adapters(self.cfg):
             model = adapt(model, self.cfg, self.task.name, self.tokenizer, self.plan.gradient_checkpointing)
