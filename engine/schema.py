@@ -135,6 +135,8 @@ class ParallelConfig:
                                 "DDP/single process).")
     eval_batch_size: int | None = _f(None, "Per-rank batch of evaluation generation (default: on GPUs sized "
                                      "for inference memory, on CPU 8 rows).", min=1)
+    gather_for_generation: bool | None = _f(None, "ZeRO-3: gather the whole model once per evaluation instead of every "
+                                            "layer for every generated token (default: when it fits one rank).")
     memory_headroom: float = _f(0.1, "Fraction of device memory the plan leaves free.", min=0.0, max=0.9)
     trace_memory: bool = _f(False, "Plan with activations traced on fake tensors (one step of the model class) "
                                    "instead of the formula alone (`dialsum plan --trace`).")

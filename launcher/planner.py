@@ -688,6 +688,9 @@ def _gather_for_generation(cfg: DialsumConfig, setting: Setting | None, c: Candi
                            eval_batch: int) -> tuple[bool, str]:
     """ZeRO-3 evaluation: gather the whole model once per evaluation when it fits one rank beside the training
     states and the generation batch; else every generated token all-gathers every layer again."""
+    pinned = cfg.parallel.gather_for_generation
+    if pinned is not None:
+        return pinned, f"{'on' if pinned else 'off'}: pinned (parallel.gather_for_generation)"
     if setting is None or not setting.spec.has_architecture:
         return False, "off: the model's sizes are not known; parameters are gathered layer by layer for each token"
     if c.offload_params:

@@ -39,19 +39,26 @@ def assert_registered_with_submission(tmp_path, fnames: list[str]) -> dict:
     return run
 
 
+DDP, ZERO1, ZERO3 = {"deepspeed": False, "zero_stage": None}, {"zero_stage": 1}, {"zero_stage": 3}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", [{"deepspeed": False, "zero_stage": None}, {"zero_stage": 1}, {"zero_stage": 3}],
-                         ids=["ddp", "zero1", "zero3"])
-def test_two_ranks_register_and_write_the_submission(tmp_path, tiny_model_dir, parallel):
+@pytest.mark.parametrize("model, parallel", [("bart", DDP), ("bart", ZERO1), ("bart", ZERO3), ("llama", DDP),
+                                             ("llama", ZERO3)],
+                         ids=["bart-ddp", "bart-zero1", "bart-zero3", "llama-ddp", "llama-zero3"])
+def test_two_ranks_register_and_write_the_submission(tmp_path, tiny_model_dir, tiny_llama_dir, model, parallel):
+    """Both tasks: the encoder-decoder and the decoder-only model, trained with evaluation by generation under plain
+    DDP and ZeRO (ZeRO-3's evaluation gathers the decoder-only model once, as the plan found it fits)."""
     test_file, fnames = small_test_file(tmp_path)
-    config = small_config(tmp_path, tiny_model_dir, parallel=parallel, data={"test_file": str(test_file)},
-                          training={"max_steps": 4, "eval_steps": 4})
+    config = small_config(tmp_path, tiny_model_dir if model == "bart" else tiny_llama_dir, parallel=parallel,
+                          data={"test_file": str(test_file)}, training={"max_steps": 4, "eval_steps": 4})
     proc = run_dialsum("launch", str(config), "--nproc", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "find_unused_parameters=True was specified" not in proc.stdout + proc.stderr  # DDP's warning: off by plan
     run = assert_registered_with_submission(tmp_path, fnames)
     assert run["plan"]["zero_stage"] == (parallel["zero_stage"] or 0)
     assert run["plan"]["use_deepspeed"] == (parallel.get("deepspeed") is not False)
+    assert run["plan"]["task"] == {"bart": "seq2seq", "llama": "causal"}[model]
 
 
 class EventLog:
