@@ -63,6 +63,16 @@ def quantization_config(cfg: DialsumConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
+def base_dtype(cfg: DialsumConfig, precision: str):
+    """A frozen base (adapters) is held in the compute precision: it gets no gradient or optimizer state, so no fp32
+    master copy is needed (half the memory of a full fine-tune's fp32 weights); the adapters stay fp32 (PEFT)."""
+    import torch
+
+    if not uses_adapters(cfg) or precision == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def speaker_token_ids(tokenizer) -> list[int]:
     """The `#Tag#` tokens the data added to the vocabulary (engine/modeling.py)."""
     return sorted(tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens if PLACEHOLDER_RE.fullmatch(t))

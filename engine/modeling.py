@@ -71,12 +71,12 @@ def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
     return tokenizer
 
 
-def load_model(model_cfg: ModelConfig, tokenizer, task, quantization=None):
+def load_model(model_cfg: ModelConfig, tokenizer, task, quantization=None, dtype=None):
     """The task's Auto model class from a hub id or local directory, its embeddings grown to the tokenizer (speaker
     tags), and the token ids the task needs set (`task.prepare`). `quantization`: a BitsAndBytesConfig (QLoRA), the
-    base then loaded 4-bit on this rank's device."""
+    base then loaded 4-bit on this rank's device; `dtype`: the weights' (default fp32)."""
     model_src = check_model_source(model_cfg.name_or_path, "model.name_or_path")
-    kwargs = {}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     if quantization is not None:
         import torch
 

@@ -31,7 +31,8 @@ import torch
 import yaml
 from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
-from engine.adapters import adapt, parameter_counts, quantization_config, uses_adapters, write_model_card
+from engine.adapters import (adapt, base_dtype, parameter_counts, quantization_config, uses_adapters,
+                             write_model_card)
 from engine.agreement import any_rank_flag, any_rank_flag_async
 from engine.atomic import atomic_write_text
 from engine.callbacks import AnomalyDetector, MemoryTracker, Profiler, load_custom_callbacks
@@ -200,7 +201,8 @@ class DialogueSummarizationTrainer:
         from transformers import set_seed
 
         set_seed(self.cfg.experiment.seed)
-        model = load_model(self.cfg.model, self.tokenizer, self.task, quantization_config(self.cfg))
+        model = load_model(self.cfg.model, self.tokenizer, self.task, quantization_config(self.cfg),
+                           dtype=base_dtype(self.cfg, self.plan.precision))
         if uses_adapters(self.cfg):
             model = adapt(model, self.cfg, self.task.name, self.tokenizer, self.plan.gradient_checkpointing)
         return model

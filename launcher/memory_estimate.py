@@ -41,7 +41,7 @@ class ModelSpec:
     tied_lm_head: bool = True           # lm_head shares the input embedding (its gradient joins the embedding's)
     task: str = "seq2seq"               # engine/tasks: which activation formulas (ACTIVATIONS) and model class
     # trainable ones a training step gives no gradient (launcher/unused_parameters.py); None: unknown
-    unused_parameters: tuple[str, ...] | None = ()
+    unused_parameters: tuple[str, ...] | None = None
     linear_layers: tuple[str, ...] = ()  # short names of the linear layers (what lora.target_modules name)
 
     @property

@@ -715,7 +715,7 @@ def _find_unused(setting: Setting | None, use_deepspeed: bool, world: int) -> tu
     warning each run when there are none. On only where the model has such parameters (or they are unknown)."""
     if use_deepspeed or world == 1:
         return False, f"off: {'DeepSpeed reduces gradients itself' if use_deepspeed else 'one rank, no DDP'}"
-    unused = setting.spec.unused_parameters if setting is not None and setting.spec.has_architecture else None
+    unused = setting.spec.unused_parameters if setting is not None else None
     if unused is None:
         return True, "on: which parameters get gradients is not known for this model (transformers' default)"
     if unused:
