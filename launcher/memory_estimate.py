@@ -49,6 +49,16 @@ class ModelSpec:
         return self.hidden_size > 0 and self.encoder_layers + self.decoder_layers > 0
 
 
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What training.method and the lora section train (None in the memory model: full fine-tuning)."""
+    method: str                   # lora | dora | qlora
+    r: int
+    targets: tuple[str, ...]      # short linear-layer names; ("all-linear",): every linear layer but the output head
+    dropout: float = 0.0          # > 0: each adapted layer keeps a dropped-out copy of its input
+    modules_to_save: tuple[str, ...] = ()
+
+
 def _first(cfg, *names: str, default=0):
     for name in names:
         value = getattr(cfg, name, None)
