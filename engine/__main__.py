@@ -8,6 +8,7 @@ import os
 import sys
 
 from engine.errors import UserError
+from engine.quiet import quiet_libraries
 
 
 def die_with_parent() -> None:
@@ -23,23 +24,6 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() == 1:  # the launcher died before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def quiet_libraries() -> None:
-    """Known library noise, filtered where it starts, so the console shows the run: deprecation FutureWarnings from
-    transformers/DeepSpeed/torch for calls the engine and DeepSpeed make, transformers' "Loading weights" bars,
-    its embedding-resize note (speaker tags are added on purpose) and its print when W&B is offline
-    (engine.compat.quiet_transformers), and rouge-score's absl INFO line."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    from engine.compat import quiet_transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|deepspeed|torch)(\.|$)")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    hf_logging.disable_progress_bar()
-    quiet_transformers()
 
 
 def main(argv: list[str] | None = None) -> int:

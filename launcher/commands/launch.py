@@ -110,10 +110,12 @@ def oom_restart_plan(plan, outcome, topology, args, env):
 
 def run(args: argparse.Namespace) -> int:
     from engine.plan import fresh_run_id, run_dir
+    from engine.quiet import quiet_libraries
     from launcher.planner import make_plan
     from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
 
+    quiet_libraries()  # the launcher reads model configs and audits rows with the engine's libraries
     env = dict(os.environ)  # the one read of this launcher's environment: config layer, accelerate, threads, run id
     loaded = load_config([*args.config, *args.extra_configs], overrides=args.overrides, env=env,
                          sweep_params=read_sweep_params(args.sweep_params))
