@@ -65,6 +65,7 @@ class Plan:
     global_batch_size: int           # micro x accumulation x world_size (always exact)
     deepspeed_config: dict | None    # rendered DeepSpeed config, every "auto" resolved
     task: str = "seq2seq"            # engine/tasks: "seq2seq" | "causal"
+    method: str = "full"             # what is trained: full | lora | dora | qlora (training.method, auto resolved)
     reasons: dict = field(default_factory=dict)          # decision -> one-line reason
     memory: dict = field(default_factory=dict)           # predictions: per-stage bytes per GPU, chosen peak
     env: dict = field(default_factory=dict)              # environment the rank processes are started with

@@ -62,9 +62,10 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    method: str = _f("full", "What is trained: full (every parameter), lora, dora (LoRA with a magnitude vector) or "
-                             "qlora (LoRA on a 4-bit NF4 base, bitsandbytes); the `lora` section sizes the adapters.",
-                     choices=["full", "lora", "dora", "qlora"])
+    method: str = _f("full", "What is trained: full (every parameter), lora, dora (LoRA with a magnitude vector), "
+                             "qlora (LoRA on a 4-bit NF4 base, bitsandbytes), or auto (the planner takes full "
+                             "fine-tuning where it fits, else lora, else qlora); the `lora` section sizes the adapters.",
+                     choices=["full", "lora", "dora", "qlora", "auto"])
     num_train_epochs: float = _f(1.0, "Epochs (ignored when max_steps > 0).", min=0.0)
     max_steps: int = _f(-1, "Optimizer steps; -1 means use num_train_epochs.", min=-1)
     learning_rate: float = _f(5e-5, "Peak learning rate.", min=0.0)

@@ -43,6 +43,9 @@ class ModelSpec:
     # trainable ones a training step gives no gradient (launcher/unused_parameters.py); None: unknown
     unused_parameters: tuple[str, ...] | None = None
     linear_layers: tuple[str, ...] = ()  # short names of the linear layers (what lora.target_modules name)
+    # (short name, in features, out features, how many) of every linear layer but the output head: adapter sizes and
+    # what QLoRA quantizes
+    linear_shapes: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def has_architecture(self) -> bool:
@@ -124,10 +127,22 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
         gated_ffn=bool(getattr(c, "is_gated_act", False)) or "gated" in str(getattr(c, "feed_forward_proj", "")),
         attn_implementation=attn_implementation(model.config), task=task_of_config(hf_config),
         unused_parameters=unused_trainable_parameters(hf_config, raw_config if raw_config is not None else {}),
-        linear_layers=tuple(linear_layer_names(model)),
+        linear_layers=tuple(linear_layer_names(model)), linear_shapes=linear_shapes(model),
         attention_dropout=_rate(c, "attention_dropout", "dropout_rate"), dropout=_rate(c, "dropout", "dropout_rate"),
         activation_dropout=_rate(c, "activation_dropout", "dropout_rate"),
         tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+
+
+def linear_shapes(model) -> tuple[tuple[str, int, int, int], ...]:
+    """(short name, in, out, count) of the model's linear layers, the output head left out (as PEFT's all-linear)."""
+    import collections
+
+    import torch
+
+    head = model.get_output_embeddings()
+    counts = collections.Counter((name.rsplit(".", 1)[-1], m.in_features, m.out_features)
+                                 for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    return tuple(sorted((*key, n) for key, n in counts.items()))
 
 
 def _rate(cfg, *names: str) -> float:
@@ -173,7 +188,7 @@ def raw_config(source: str | os.PathLike, **kwargs) -> dict:
     return PretrainedConfig.get_config_dict(str(source), **kwargs)[0]
 
 
-SPEC_CACHE_FORMAT = 5  # bump when spec_from_hf_config changes what it derives
+SPEC_CACHE_FORMAT = 6  # bump when spec_from_hf_config changes what it derives
 
 
 def spec_cache_dir() -> Path:
@@ -198,7 +213,8 @@ def _cached_spec(model_dir: Path, build) -> ModelSpec:
         data = json.loads(path.read_text())
         unused = data["unused_parameters"]
         return ModelSpec(**{**data, "unused_parameters": None if unused is None else tuple(unused),
-                            "linear_layers": tuple(data["linear_layers"])})
+                            "linear_layers": tuple(data["linear_layers"]),
+                            "linear_shapes": tuple(tuple(row) for row in data["linear_shapes"])})
     except (OSError, ValueError, TypeError):
         spec = build()
         atomic_write_text(path, json.dumps(asdict(spec)))
@@ -233,33 +249,75 @@ def zero_paper_bytes(params: int, stage: int, world_size: int, k: int = 12) -> f
 
 
 def model_state_bytes(spec: ModelSpec, *, stage: int, world_size: int, precision: str,
-                      offload_optimizer: bool = False, offload_params: bool = False) -> int:
+                      offload_optimizer: bool = False, offload_params: bool = False,
+                      adapters: AdapterSpec | None = None) -> int:
     """Per-GPU bytes of weights, gradients and optimizer states, as DeepSpeed estimates them.
 
     w = bytes of a working weight/gradient (2 at bf16/fp16, 4 at fp32). DeepSpeed keeps 16 more bytes per
-    parameter for the optimizer partition: fp32 gradients, fp32 master weights, Adam's two moments. At 16 bits:
-    ZeRO-2 = 2Ψ + 18Ψ/N, ZeRO-3 = 4·largest_layer + 18Ψ/N, exactly DeepSpeed's estimators; ZeRO-1 keeps full
+    trained parameter for the optimizer partition: fp32 gradients, fp32 master weights, Adam's two moments. At 16
+    bits: ZeRO-2 = 2Ψ + 18Ψ/N, ZeRO-3 = 4·largest_layer + 18Ψ/N, exactly DeepSpeed's estimators; ZeRO-1 keeps full
     gradients (4Ψ + 16Ψ/N). ZeRO-0 under fp32 holds no master copy (16Ψ: weights, grads, two moments).
-    Parameter offload (ZeRO-3 only) implies optimizer offload, as in DeepSpeed's estimator."""
-    psi, n, w = spec.params, world_size, 2 if precision in ("bf16", "fp16") else 4
+    Parameter offload (ZeRO-3 only) implies optimizer offload, as in DeepSpeed's estimator.
+
+    With adapters only they are trained (Ψ: `adapter_params`); the frozen base (`frozen_base_bytes`) has no gradient
+    or optimizer state: ZeRO-1/2 keep it whole on every rank, ZeRO-3 partitions it (offloaded: on the CPU)."""
+    n, w = world_size, 2 if precision in ("bf16", "fp16") else 4
+    psi = spec.params if adapters is None else adapter_params(spec, adapters)
+    frozen = 0 if adapters is None else frozen_base_bytes(spec, adapters, precision)
     gathered = 2 * w * spec.largest_layer_params
     if stage == 0:
-        return (2 * w + (16 if w == 2 else 8)) * psi
+        return (2 * w + (16 if w == 2 else 8)) * psi + frozen
     if stage in (1, 2):
         if offload_optimizer:
-            return w * psi if stage == 2 else 2 * w * psi
-        return 2 * w * psi + 16 * psi // n if stage == 1 else w * psi + (w + 16) * psi // n
+            return (w * psi if stage == 2 else 2 * w * psi) + frozen
+        return (2 * w * psi + 16 * psi // n if stage == 1 else w * psi + (w + 16) * psi // n) + frozen
     if stage == 3:
         if offload_params:
             return gathered
-        return gathered + (w * psi // n if offload_optimizer else (w + 16) * psi // n)
+        return gathered + frozen // n + (w * psi // n if offload_optimizer else (w + 16) * psi // n)
     raise ValueError(f"ZeRO stage {stage}")
 
 
+# QLoRA's base: 4-bit NF4 codes, an 8-bit absmax per block of 64 (double quantization), and an fp32 absmax per 256 of
+# those blocks (bitsandbytes' defaults; tests/test_memory.py measures a quantized layer's storage against it)
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+EMBEDDING_NAMES = ("lm_head", "embed_tokens", "embed_in", "embed_out", "wte", "shared", "word_embeddings")
+
+
+def adapter_params(spec: ModelSpec, adapters: AdapterSpec) -> int:
+    """Parameters the adapters train: r·(in + out) per adapted linear layer (DoRA adds its magnitude, one per output
+    feature), and a trainable copy of each of `modules_to_save` (PEFT keeps the original frozen beside it)."""
+    every = "all-linear" in adapters.targets
+    trained = sum(count * (adapters.r * (fan_in + fan_out) + (fan_out if adapters.method == "dora" else 0))
+                  for name, fan_in, fan_out, count in spec.linear_shapes if every or name in adapters.targets)
+    for module in adapters.modules_to_save:
+        linear = [fan_in * fan_out * count for name, fan_in, fan_out, count in spec.linear_shapes if name == module]
+        trained += sum(linear) if linear else (spec.vocab_size * spec.hidden_size if module in EMBEDDING_NAMES else 0)
+    return trained
+
+
+def frozen_base_bytes(spec: ModelSpec, adapters: AdapterSpec, precision: str) -> int:
+    """The frozen base in memory: held in the compute precision (engine.adapters.base_dtype); QLoRA's linear layers
+    in NF4 (`NF4_BYTES_PER_PARAM`), its embeddings, output head and norms in the compute precision."""
+    w = 2 if precision in ("bf16", "fp16") else 4
+    if adapters.method != "qlora":
+        return w * spec.params
+    quantized = sum(fan_in * fan_out * count for _, fan_in, fan_out, count in spec.linear_shapes)
+    return int(NF4_BYTES_PER_PARAM * quantized) + w * (spec.params - quantized)
+
+
 def cpu_bytes_per_node(spec: ModelSpec, *, stage: int, gpus_per_node: int, nnodes: int,
-                       offload_optimizer: bool = False, offload_params: bool = False) -> int:
+                       offload_optimizer: bool = False, offload_params: bool = False,
+                       adapters: AdapterSpec | None = None, precision: str = "fp32") -> int:
     """Host RAM per node for a GPU plan, DeepSpeed's `cpu_mem` estimate (zero_init off: every rank first loads the
-    full fp32 model on the CPU, from_pretrained without zero.Init)."""
+    full fp32 model on the CPU, from_pretrained without zero.Init). With adapters every rank loads the frozen base in
+    its compute precision, and only the adapters' optimizer states (16 bytes each) can be offloaded, besides the
+    frozen base itself under ZeRO-3 parameter offload."""
+    if adapters is not None:
+        frozen = frozen_base_bytes(spec, adapters, precision)
+        offloaded = (16 * adapter_params(spec, adapters) if offload_optimizer else 0) + (
+            frozen // nnodes if offload_params else 0)
+        return int(max(frozen * gpus_per_node, offloaded) * DS_BUFFER_FACTOR)
     psi, total = spec.params, gpus_per_node * nnodes
     if stage in (1, 2) and offload_optimizer:
         return int(psi * max(4 * total, 16) * DS_BUFFER_FACTOR)
@@ -282,13 +340,14 @@ def _formulas(spec: ModelSpec):
 
 
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int,
-                     precision: str, checkpointing: bool, device: str) -> int:
-    """Peak activation bytes per rank of one training micro-batch (0 for a bare parameter count)."""
+                     precision: str, checkpointing: bool, device: str, adapters: AdapterSpec | None = None) -> int:
+    """Peak activation bytes per rank of one training micro-batch (0 for a bare parameter count); `adapters`: what
+    a frozen base with adapters keeps instead."""
     if not spec.has_architecture:
         return 0
     return _formulas(spec).activation_bytes(spec, micro_batch=micro_batch, source_length=source_length,
                                             target_length=target_length, precision=precision,
-                                            checkpointing=checkpointing, device=device)
+                                            checkpointing=checkpointing, device=device, adapters=adapters)
 
 
 def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_length: int, precision: str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.memory_estimate import T5_FAMILY, ModelSpec
+from launcher.memory_estimate import T5_FAMILY, AdapterSpec, ModelSpec
 
 
 def fused_attention(spec: ModelSpec, device: str) -> bool:
@@ -74,7 +74,7 @@ def _decoder_layer(spec: ModelSpec, x: _Widths, t: int, s: int, b: int) -> int:
 
 
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int,
-                     precision: str, checkpointing: bool, device: str) -> int:
+                     precision: str, checkpointing: bool, device: str, adapters: AdapterSpec | None = None) -> int:
     """Peak activation bytes per rank for one micro-batch, counted tensor by tensor as autograd keeps them (after
     Korthikanti et al. 2022, with this model's widths, device and precision; see `_Widths`). Full recomputation keeps
     each layer's input plus one layer's activations while it is recomputed.
@@ -84,7 +84,10 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     inputs, one layer's activations and the lm_head's V·h gradient); and when backward reaches the shared embedding,
     which sums its gradients (V·h each: from the decoder input and the tied lm_head, then their sum; from the encoder
     input at the very end) while the encoder's kept activations are still there. Untied (mT5, T5 v1.1), the lm_head's
-    gradient is not in that sum: two V·h at most (measured 0.96-1.08 GiB for mt5-small fp32 at micro-batch 1)."""
+    gradient is not in that sum: two V·h at most (measured 0.96-1.08 GiB for mt5-small fp32 at micro-batch 1).
+
+    `adapters` are not modelled for encoder-decoders: the count is full fine-tuning's, an upper bound (a frozen
+    linear keeps no input for its own weight gradient)."""
     b, s, t, h = micro_batch, source_length, target_length, spec.hidden_size
     x = _widths(spec, precision, device)
     enc, dec = _encoder_layer(spec, x, s, b), _decoder_layer(spec, x, t, s, b)

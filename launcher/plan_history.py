@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def past_predictions(cfg: DialsumConfig) -> list[dict]:
-    """Newest first: run id, ranks, ZeRO stage, micro-batch, predicted and measured peak bytes, relative error."""
+    """Newest first: run id, ranks, ZeRO stage, micro-batch, method, predicted and measured peak bytes, relative
+    error."""
     from engine.store import Tracker, open_store, store_uri
 
     uri = store_uri(cfg)
@@ -31,6 +32,7 @@ def _past_predictions(tracker, cfg: DialsumConfig) -> list[dict]:
             continue
         rows.append({"run_id": event["run_id"], "world_size": plan.get("world_size"), "zero_stage": plan.get("zero_stage"),
                      "micro_batch_size": plan.get("micro_batch_size"), "device": data["device"],
+                     "method": plan.get("method", "full"),
                      "predicted_bytes": data["predicted_bytes"], "measured_bytes": data["max_bytes"],
                      "prediction_error": data["prediction_error"],
                      "correction": (plan.get("memory") or {}).get("correction", 1.0)})
@@ -39,12 +41,12 @@ def _past_predictions(tracker, cfg: DialsumConfig) -> list[dict]:
     return rows
 
 
-def memory_correction(cfg: DialsumConfig, device: str) -> tuple[float, str] | None:
+def memory_correction(cfg: DialsumConfig, device: str, method: str = "full") -> tuple[float, str] | None:
     """(factor, reason) to scale this model's predicted memory by: the median measured/predicted peak of its past runs
-    on the same kind of device, each taken against its plan's uncorrected formula (so corrections do not compound);
-    None without such runs."""
+    on the same kind of device with the same training method (a frozen base's memory is another model's), each taken
+    against its plan's uncorrected formula (so corrections do not compound); None without such runs."""
     try:
-        rows = [r for r in past_predictions(cfg) if r["device"] == device]
+        rows = [r for r in past_predictions(cfg) if r["device"] == device and r["method"] == method]
     except Exception as exc:  # a store that cannot be read (locked, unreachable, older schema) must not stop a plan
         log.warning("memory history unavailable (%s): planning without it", " ".join(str(exc).split())[:200])
         return None
@@ -52,4 +54,4 @@ def memory_correction(cfg: DialsumConfig, device: str) -> tuple[float, str] | No
         return None
     ratio = statistics.median(r["measured_bytes"] * r["correction"] / r["predicted_bytes"] for r in rows)
     return ratio, (f"predictions x{ratio:.2f}: median measured/predicted peak of {len(rows)} past run(s) of this "
-                   f"model on {device} ({', '.join(r['run_id'] for r in rows[:3])}{', ...' if len(rows) > 3 else ''})")
+                   f"model on {device}{'' if method == 'full' else ' with ' + method} ({', '.join(r['run_id'] for r in rows[:3])}{', ...' if len(rows) > 3 else ''})")

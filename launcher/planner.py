@@ -12,6 +12,7 @@ would fit instead.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -25,8 +26,8 @@ from launcher.ds_config import (
     trainer_values, user_pins,
 )
 from launcher.memory_estimate import (
-    GiB, T5_FAMILY, ModelSpec, activation_bytes, cpu_bytes_per_node, generation_bytes, model_spec, model_state_bytes,
-    overhead_bytes,
+    GiB, T5_FAMILY, AdapterSpec, ModelSpec, activation_bytes, adapter_params, cpu_bytes_per_node, frozen_base_bytes,
+    generation_bytes, model_spec, model_state_bytes, overhead_bytes,
 )
 from engine.plan import Plan, backend_for
 from launcher.topology import Topology
@@ -82,22 +83,40 @@ class Setting:
     slow_interconnect: bool
     correction: float = 1.0
     activation_scale: tuple[float, float] = (1.0, 1.0)   # traced/formula, checkpointing off and on (plan --trace)
+    adapters: AdapterSpec | None = None                  # None: full fine-tuning
 
     @property
     def world(self) -> int:
         return self.nnodes * self.nproc
 
+    @property
+    def method(self) -> str:
+        return "full" if self.adapters is None else self.adapters.method
+
+    @property
+    def trainable_params(self) -> int:
+        return self.spec.params if self.adapters is None else adapter_params(self.spec, self.adapters)
+
+    def weight_bytes(self) -> int:
+        """The whole model's weights in memory (what ZeRO-3 gathers for generation)."""
+        w = 2 if self.precision in ("bf16", "fp16") else 4
+        if self.adapters is None:
+            return w * self.spec.params
+        return frozen_base_bytes(self.spec, self.adapters, self.precision) + w * self.trainable_params
+
     def footprint(self, c: Candidate, micro: int) -> Footprint:
         spec = self.spec
         states = model_state_bytes(spec, stage=c.zero_stage, world_size=self.world, precision=self.precision,
-                                   offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+                                   offload_optimizer=c.offload_optimizer, offload_params=c.offload_params,
+                                   adapters=self.adapters)
         acts = activation_bytes(spec, micro_batch=micro, source_length=self.source_length,
                                 target_length=self.target_length, precision=self.precision,
-                                checkpointing=c.gradient_checkpointing, device=self.device)
+                                checkpointing=c.gradient_checkpointing, device=self.device, adapters=self.adapters)
         acts = int(acts * self.activation_scale[c.gradient_checkpointing])
         cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
             spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
-            offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+            offload_optimizer=c.offload_optimizer, offload_params=c.offload_params, adapters=self.adapters,
+            precision=self.precision)
         return Footprint(states, acts, overhead_bytes(spec, device=self.device, stage=c.zero_stage,
                                                       precision=self.precision), cpu, self.correction)
 
@@ -212,7 +231,7 @@ def _search(setting: Setting, candidates: list[Candidate], micros: list[int]):
 
 
 def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate], micros: list[int],
-             per_rank: int) -> UserError:
+             per_rank: int, also: str = "") -> UserError:
     """The error for a plan that cannot fit: the least the pinned choices need, and what would fit instead."""
     need = min((setting.footprint(c, micros[-1]) for c in candidates),
                key=lambda fp: max(fp.total / setting.budget, fp.cpu_per_node / setting.cpu_budget))
@@ -239,8 +258,87 @@ def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate],
     what = f"parallel ({', '.join(pins)}): the pinned plan" if pins else "model.name_or_path: the model"
     more = " (parallel.deepspeed=false rules out ZeRO)" if par.deepspeed is False else ""
     return UserError(f"{what} {short} even in its smallest setting; nothing fits on {setting.world} "
-                     f"{'GPU' if setting.device == 'cuda' else 'CPU rank'}(s){more}: use more or larger GPUs, "
-                     f"shorter data.max_source_length, or a smaller model")
+                     f"{'GPU' if setting.device == 'cuda' else 'CPU rank'}(s){more}: "
+                     + (also or "use more or larger GPUs, shorter data.max_source_length, or a smaller model"))
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+# What is trained: full fine-tuning, or adapters on a frozen base (engine/adapters.py). `auto` tries them in this
+# order, each at its cheapest ZeRO/offload/checkpointing setting: full fine-tuning learns most, LoRA keeps the base
+# exact, QLoRA's 4-bit base costs quality and speed (dequantized in every step).
+
+AUTO_METHODS = ("full", "lora", "qlora")
+
+
+def adapter_spec(cfg: DialsumConfig, method: str) -> AdapterSpec | None:
+    if method == "full":
+        return None
+    lora = cfg.lora
+    return AdapterSpec(method=method, r=lora.r, targets=tuple(lora.target_modules), dropout=lora.dropout,
+                       modules_to_save=tuple(lora.modules_to_save))
+
+
+def _unplanned_method(cfg: DialsumConfig) -> str:
+    return "full" if cfg.training.method == "auto" else cfg.training.method
+
+
+def _adapter_methods(setting: Setting) -> list[str]:
+    """The adapter methods the memory model can size for this model (its linear layers known) and this machine
+    runs (QLoRA: bitsandbytes installed)."""
+    import importlib.util
+
+    if not setting.spec.linear_shapes:
+        return []
+    return ["lora"] + (["qlora"] if importlib.util.find_spec("bitsandbytes") is not None else [])
+
+
+def _least(setting: Setting, candidates: list[Candidate]) -> int:
+    """The smallest footprint any candidate reaches (micro-batch 1)."""
+    return min(setting.footprint(c, 1).total for c in candidates)
+
+
+def _choose_method(cfg: DialsumConfig, setting: Setting, candidates: list[Candidate], micros: list[int],
+                   corrections: Mapping[str, tuple[float, str]]):
+    """(setting, search result or None, reason): training.method as configured, or for `auto` the first of
+    AUTO_METHODS that fits; each method's predictions corrected by its own past runs."""
+    unit = "GPU" if setting.device == "cuda" else "rank"
+
+    def for_method(method: str) -> Setting:
+        return dataclasses.replace(setting, adapters=adapter_spec(cfg, method),
+                                   correction=corrections[method][0] if method in corrections else 1.0)
+
+    if cfg.training.method != "auto":
+        setting = for_method(cfg.training.method)
+        found = _search(setting, candidates, micros)
+        trained = f"{setting.trainable_params / 1e6:,.1f}M of {setting.spec.params / 1e6:,.1f}M parameters trained"
+        if setting.adapters is None:
+            return setting, found, (f"full: training.method ({trained}; auto would take LoRA or QLoRA where full "
+                                    "fine-tuning does not fit)")
+        return setting, found, f"{setting.method}: training.method ({trained}, the base frozen)"
+    tried = []
+    for method in ["full", *(m for m in _adapter_methods(setting) if m in AUTO_METHODS)]:
+        candidate_setting = for_method(method)
+        found = _search(candidate_setting, candidates, micros)
+        if found is not None:
+            done = "full fine-tuning fits" if method == "full" else "; ".join(tried)
+            return candidate_setting, found, (f"{method}: auto; {done}; {gib(found[2].total)} per {unit} at "
+                                              f"{found[0].describe()}")
+        tried.append(f"{method} needs >= {gib(_least(candidate_setting, candidates))} per {unit}")
+    return setting, None, ""
+
+
+def _what_would_fit(cfg: DialsumConfig, setting: Setting, candidates: list[Candidate]) -> str:
+    """For a full fine-tune that fits nowhere: the adapter methods that would, at their smallest footprint."""
+    if setting.adapters is not None:
+        return ""
+    fits = []
+    for method in _adapter_methods(setting):
+        least = _least(dataclasses.replace(setting, adapters=adapter_spec(cfg, method)), candidates)
+        if least <= setting.budget:
+            fits.append(f"{method} fits at {gib(least)} per {'GPU' if setting.device == 'cuda' else 'rank'}")
+    if not fits:
+        return ""
+    return f"training.method: {', '.join(fits)} (or auto, which picks the first that fits)"
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -264,7 +362,7 @@ def check_task_and_method(cfg: DialsumConfig, spec: ModelSpec) -> None:
         raise UserError(f"model.task: {cfg.model.task} set, but {spec.model_type} is "
                         f"{'an encoder-decoder' if spec.task == 'seq2seq' else 'a decoder-only'} model; set "
                         f"model.task: {spec.task} or auto")
-    if uses_adapters(cfg):
+    if uses_adapters(cfg) or cfg.training.method == "auto":
         check_adapters(cfg, spec.model_type, list(spec.linear_layers))
 
 
@@ -284,7 +382,8 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
     spec, model_reason = _load_spec(cfg.model.name_or_path, device)
     if spec is not None:
         check_task_and_method(cfg, spec)
-    memory = {"correction": memory_correction(cfg, device) if spec else None,
+    methods = AUTO_METHODS if cfg.training.method == "auto" else (cfg.training.method,)
+    memory = {"corrections": {m: found for m in methods if spec and (found := memory_correction(cfg, device, m))},
               "trace": (trace or cfg.parallel.trace_memory) and spec is not None}
     user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, env)
     if user_ds is None:
@@ -297,6 +396,9 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
         plan = plan_user_deepspeed(user_ds, cfg, spec, topology, run_id=run_id, nnodes=nnodes,
                                    nproc_per_node=nproc_per_node, env=env, **memory)
     plan.config, plan.config_sources = loaded.to_dict(), dict(loaded.sources)
+    if cfg.training.method == "auto":  # the ranks train what the plan chose
+        plan.config["training"]["method"] = plan.method
+        plan.config_sources["training.method"] = "planner (training.method: auto)"
     plan.reasons = {"model": model_reason, **plan.reasons}
     plan.sweep_trial, plan.preempt_lead_s = sweep_trial, preempt_lead_s
     return plan
@@ -304,9 +406,10 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
 
 def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *, run_id: str,
                   nnodes: int | None = None, nproc_per_node: int | None = None, env: Mapping[str, str] | None = None,
-                  correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
+                  corrections: Mapping[str, tuple[float, str]] | None = None, trace: bool = False) -> Plan:
     """The planning itself, for a model described by `spec` (None: sizes unknown, CPU only: a conservative plan).
-    `correction`: (factor, reason) from past runs; `trace`: activations traced from cfg.model.name_or_path."""
+    `corrections`: (factor, reason) from past runs, by training method; `trace`: activations traced from
+    cfg.model.name_or_path."""
     par = cfg.parallel
     device = "cuda" if topology.gpus else "cpu"
     _check_pins(par)
@@ -328,7 +431,9 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                        offload=("optimizer states to CPU: pinned" if chosen.offload_optimizer
                                 else "none: model size unknown"),
                        gradient_checkpointing=f"{'on' if chosen.gradient_checkpointing else 'off'}: model size unknown",
-                       micro_batch_size=f"{micro}: model size unknown, smallest micro-batch")
+                       micro_batch_size=f"{micro}: model size unknown, smallest micro-batch",
+                       method=f"{_unplanned_method(cfg)}: " + ("model size unknown; full fine-tuning" if
+                                                               cfg.training.method == "auto" else "training.method"))
     else:
         slow = world > 1 and (nnodes > 1 or (device == "cuda" and not topology.all_nvlink(nproc)))
         if device == "cuda":
@@ -339,7 +444,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                           source_length=cfg.data.max_source_length, target_length=cfg.data.max_target_length,
                           device_bytes=device_bytes, budget=int(device_bytes * (1 - par.memory_headroom)),
                           cpu_budget=int(topology.ram_bytes * (1 - par.memory_headroom)), slow_interconnect=slow,
-                          correction=correction[0] if correction else 1.0)
+                          adapters=adapter_spec(cfg, _unplanned_method(cfg)))
         if par.micro_batch_size:
             micros = [par.micro_batch_size]
         else:  # a bare parameter count has no activation model: one sample per forward
@@ -347,11 +452,11 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         traced = None
         if trace and spec.has_architecture:
             setting, traced = _traced(setting, cfg.model.name_or_path, candidates, micros[0])
-        if correction:
-            reasons["memory"] = correction[1]
-        found = _search(setting, candidates, micros)
+        setting, found, reasons["method"] = _choose_method(cfg, setting, candidates, micros, corrections or {})
+        if (corrections or {}).get(setting.method):
+            reasons["memory"] = corrections[setting.method][1]
         if found is None:
-            raise _too_big(setting, par, candidates, micros, per_rank)
+            raise _too_big(setting, par, candidates, micros, per_rank, also=_what_would_fit(cfg, setting, candidates))
         chosen, micro, fp = found
         reasons.update(_explain(setting, par, chosen, micro, fp, per_rank))
         memory = _memory_table(setting, chosen, micro, fp)
@@ -376,7 +481,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                                      offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params)
     return Plan(
         run_id=run_id, config={}, config_sources={}, device=device, backend=backend_for(device),
-        task=spec.task if spec else "seq2seq",
+        task=spec.task if spec else "seq2seq", method=setting.method if spec else _unplanned_method(cfg),
         nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
         use_deepspeed=use_deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
@@ -390,7 +495,6 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
     """Trace one training step of the model class on fake tensors at `micro` (checkpointing off and/or on, as the
     candidates allow) and scale the formula's activations by traced/formula, so every candidate plans with the trace."""
-    import dataclasses
     import time
 
     import torch
@@ -486,7 +590,8 @@ def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
         table[str(stage)] = {"model_state_bytes_per_gpu": f.model_states, "activation_bytes_per_gpu": f.activations,
                              "overhead_bytes_per_gpu": f.overhead, "total": f.total, "fits": s.fits(f),
                              "cpu_bytes_per_node": f.cpu_per_node}
-    table.update(params=s.spec.params, predicted_peak_bytes_per_gpu=fp.total, correction=s.correction,
+    table.update(params=s.spec.params, trainable_params=s.trainable_params, method=s.method,
+                 predicted_peak_bytes_per_gpu=fp.total, correction=s.correction,
                  model_state_bytes_per_gpu=fp.model_states, activation_bytes_per_gpu=fp.activations,
                  overhead_bytes_per_gpu=fp.overhead, cpu_bytes_per_node=fp.cpu_per_node,
                  device_bytes=s.device_bytes, budget_bytes_per_gpu=s.budget)
@@ -497,7 +602,7 @@ def _memory_table(s: Setting, c: Candidate, micro: int, fp: Footprint) -> dict:
 
 def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology, *,
                         run_id: str, nnodes: int | None, nproc_per_node: int | None, env: Mapping[str, str],
-                        correction: tuple[float, str] | None = None, trace: bool = False) -> Plan:
+                        corrections: Mapping[str, tuple[float, str]] | None = None, trace: bool = False) -> Plan:
     """Plan around a DeepSpeed config the user brought: its stage, offload, precision and batch split become pins
     (so the same memory model checks them, and a config that cannot fit fails saying by how much), its "auto" values
     are filled from the plan, and the plan says whose config runs."""
@@ -527,7 +632,7 @@ def plan_user_deepspeed(user: UserDeepSpeed, cfg: DialsumConfig, spec: ModelSpec
         setattr(pinned.parallel, key, value)
     try:
         plan = plan_for_spec(pinned, spec, topology, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                             env=env, correction=correction, trace=trace)
+                             env=env, corrections=corrections, trace=trace)
     except UserError as exc:
         raise UserError(f"{user.source}: {exc}") from None
     values = auto_values(zero_stage=plan.zero_stage, precision=plan.precision, micro_batch_size=plan.micro_batch_size,
@@ -695,15 +800,14 @@ def _gather_for_generation(cfg: DialsumConfig, setting: Setting | None, c: Candi
         return False, "off: the model's sizes are not known; parameters are gathered layer by layer for each token"
     if c.offload_params:
         return False, "off: parameters are offloaded to the CPU; they are gathered layer by layer for each token"
-    w = 2 if setting.precision in ("bf16", "fp16") else 4
     fp = setting.footprint(c, 1)
     rows = eval_batch * cfg.generation.num_beams
-    need = (fp.model_states + fp.overhead + w * setting.spec.params
+    need = (fp.model_states + fp.overhead + setting.weight_bytes()
             + generation_bytes(setting.spec, rows=rows, source_length=cfg.data.max_source_length,
                                target_length=cfg.generation.max_new_tokens + 1, precision=setting.precision,
                                device=setting.device))
     if need <= setting.budget:
-        return True, (f"on: the whole model ({gib(w * setting.spec.params)}) is gathered once per evaluation instead "
+        return True, (f"on: the whole model ({gib(setting.weight_bytes())}) is gathered once per evaluation instead "
                       f"of layer by layer for every generated token; with the ZeRO-3 states and {rows} generating rows "
                       f"it needs {gib(need)} of the {gib(setting.budget)} budget")
     return False, (f"off: the whole model with the ZeRO-3 states and {rows} generating rows would need {gib(need)} of "
