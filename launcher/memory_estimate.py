@@ -235,9 +235,38 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def bare_spec(params: int) -> ModelSpec:
-    """A parameter count with no architecture: activations are not modelled. The largest layer is taken as 10% of
-    the parameters (BART-large's tied embedding is 13%, a 7B model's ~2%)."""
+    """A parameter count with no architecture: model states only (DeepSpeed's estimators take no more). The largest
+    layer is taken as 10% of the parameters (BART-large's tied embedding is 13%, a 7B model's ~2%)."""
     return ModelSpec(model_type="unknown", params=params, largest_layer_params=params // 10)
+
+
+ASSUMED_VOCAB = 128256   # Llama-3's vocabulary, the largest of the families in common use but Qwen's and Gemma's
+
+
+def assumed_decoder_spec(params: int) -> ModelSpec:
+    """A bare parameter count sized as a Llama-3-shaped decoder, so its plan counts activations instead of claiming a
+    fit it cannot know: head dim 128, four query heads per K/V head, a SwiGLU FFN 3.5x as wide, an untied 128k
+    vocabulary, and the depth Llama-3 has at its width (layers ~ hidden / 128: 8B is 4096 x 32) for the count."""
+    def per_layer(hidden: int) -> int:
+        return 2 * hidden * hidden + 2 * hidden * (hidden // 4) + 3 * hidden * _ffn(hidden) + 2 * hidden
+
+    def layers_at(hidden: int) -> int:
+        return round((params - 2 * ASSUMED_VOCAB * hidden - hidden) / per_layer(hidden))
+
+    widths = [h for h in range(512, 16385, 256) if layers_at(h) >= 1] or [512]
+    hidden = min(widths, key=lambda h: abs(layers_at(h) - h / 128))
+    layers, ffn, heads = max(1, layers_at(hidden)), _ffn(hidden), hidden // 128
+    shapes = (("down_proj", ffn, hidden, layers), ("gate_proj", hidden, ffn, layers), ("k_proj", hidden, hidden // 4, layers),
+              ("o_proj", hidden, hidden, layers), ("q_proj", hidden, hidden, layers), ("up_proj", hidden, ffn, layers),
+              ("v_proj", hidden, hidden // 4, layers))
+    return ModelSpec(model_type="llama", params=params, largest_layer_params=ASSUMED_VOCAB * hidden, hidden_size=hidden,
+                     ffn_size=ffn, attention_inner=hidden, heads=heads, kv_heads=heads // 4, decoder_layers=layers,
+                     vocab_size=ASSUMED_VOCAB, gated_ffn=True, rotary_fraction=1.0, tied_lm_head=False, task="causal",
+                     unused_parameters=(), linear_layers=tuple(name for name, *_ in shapes), linear_shapes=shapes)
+
+
+def _ffn(hidden: int) -> int:
+    return round(3.5 * hidden / 256) * 256
 
 
 # ---------------------------------------------------------------------------------------------------- model states

@@ -1,5 +1,5 @@
 """`dialsum plan`: the plan for a config on this (or a described) machine, one reason per decision and the predicted
-per-GPU memory of every ZeRO stage; or, with --model-params, the same for a bare parameter count."""
+per-GPU memory of every ZeRO stage; or, with --model-params, the same for a bare parameter count sized as a Llama-3-shaped decoder."""
 from __future__ import annotations
 
 import argparse
@@ -54,7 +54,7 @@ def parse_count(text: str) -> int:
 
 def _bare_plan(args: argparse.Namespace) -> Plan:
     from engine.schema import DialsumConfig
-    from launcher.memory_estimate import bare_spec
+    from launcher.memory_estimate import assumed_decoder_spec
     from launcher.planner import plan_for_spec
     from launcher.topology import ClusterInfo, GPUInfo, Topology, parse_size
 
@@ -71,10 +71,15 @@ def _bare_plan(args: argparse.Namespace) -> Plan:
     topology = Topology(hostname="described", cpu_cores=0, ram_bytes=parse_size(args.host_memory, "--host-memory"),
                         cpu_bf16=False, gpus=gpus, links=links, cluster=ClusterInfo(nnodes=nodes), source="args")
     cfg = DialsumConfig()
-    cfg.training.global_batch_size = nodes * (args.nproc or args.gpus)  # one sample per rank: activations unknown
-    plan = plan_for_spec(cfg, bare_spec(params), topology, run_id=PLAN_RUN_ID, nnodes=nodes, nproc_per_node=args.nproc)
-    plan.reasons = {"model": f"bare count of {params / 1e9:.2f}B parameters; GPUs assumed bf16-capable and "
-                             "NVLink-connected within a node; activations not modelled", **plan.reasons}
+    cfg.training.global_batch_size = nodes * (args.nproc or args.gpus)  # one sample per rank
+    spec = assumed_decoder_spec(params)
+    plan = plan_for_spec(cfg, spec, topology, run_id=PLAN_RUN_ID, nnodes=nodes, nproc_per_node=args.nproc)
+    plan.reasons = {"model": (f"bare count of {params / 1e9:.2f}B parameters, sized as a Llama-3-shaped decoder "
+                              f"(hidden {spec.hidden_size}, {spec.decoder_layers} layers, {spec.heads} heads / "
+                              f"{spec.kv_heads} K/V heads, FFN {spec.ffn_size}, vocabulary {spec.vocab_size}) at "
+                              f"{cfg.data.max_source_length} + {cfg.data.max_target_length} tokens; GPUs assumed "
+                              "bf16-capable and NVLink-connected within a node; plan a CONFIG naming the model's "
+                              "config.json for its own shapes"), **plan.reasons}
     return plan
 
 
