@@ -30,10 +30,12 @@ class ModelSpec:
     ffn_size: int = 0
     attention_inner: int = 0      # heads x head dim (T5: num_heads x d_kv; BART: d_model)
     heads: int = 0
+    kv_heads: int = 0             # key/value heads (grouped-query attention: fewer than heads); 0: as many as heads
     encoder_layers: int = 0
     decoder_layers: int = 0
     vocab_size: int = 0
-    gated_ffn: bool = False       # T5 v1.1 / mT5 gated-gelu: two input projections
+    gated_ffn: bool = False       # T5 v1.1 / mT5 gated-gelu, SwiGLU (Llama, Qwen, Gemma): two input projections
+    rotary_fraction: float = 0.0  # share of each head's dimensions rotated (GPT-NeoX rotary_pct); 0: no rotary
     attn_implementation: str = "sdpa"   # transformers' default; "eager" always keeps the s x s probabilities
     attention_dropout: float = 0.0      # > 0 sends SDPA on CPU down the math path (probabilities kept)
     dropout: float = 0.0                # hidden-state dropout: a mask per layer output
@@ -114,23 +116,40 @@ def spec_from_hf_config(hf_config, raw_config: Mapping | None = None) -> ModelSp
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     c = hf_config
+    common = dict(
+        model_type=c.model_type, params=params, largest_layer_params=largest, vocab_size=_first(c, "vocab_size"),
+        attn_implementation=attn_implementation(model.config), task=task_of_config(hf_config),
+        unused_parameters=unused_trainable_parameters(hf_config, raw_config if raw_config is not None else {}),
+        linear_layers=tuple(linear_layer_names(model)), linear_shapes=linear_shapes(model),
+        attention_dropout=_rate(c, "attention_dropout", "dropout_rate"),
+        tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+    if common["task"] == "causal":
+        return ModelSpec(**common, **_causal_sizes(c, model))
     hidden = _first(c, "d_model", "hidden_size")
     heads = _first(c, "encoder_attention_heads", "num_heads", "num_attention_heads")
     d_kv = _first(c, "d_kv")
     return ModelSpec(
-        model_type=c.model_type, params=params, largest_layer_params=largest, hidden_size=hidden,
+        **common, hidden_size=hidden,
         ffn_size=_first(c, "encoder_ffn_dim", "d_ff", "intermediate_size", default=4 * hidden),
         attention_inner=d_kv * heads if d_kv else hidden, heads=heads,
         encoder_layers=_first(c, "encoder_layers", "num_layers"),
         decoder_layers=_first(c, "decoder_layers", "num_decoder_layers", "num_layers"),
-        vocab_size=_first(c, "vocab_size"),
         gated_ffn=bool(getattr(c, "is_gated_act", False)) or "gated" in str(getattr(c, "feed_forward_proj", "")),
-        attn_implementation=attn_implementation(model.config), task=task_of_config(hf_config),
-        unused_parameters=unused_trainable_parameters(hf_config, raw_config if raw_config is not None else {}),
-        linear_layers=tuple(linear_layer_names(model)), linear_shapes=linear_shapes(model),
-        attention_dropout=_rate(c, "attention_dropout", "dropout_rate"), dropout=_rate(c, "dropout", "dropout_rate"),
-        activation_dropout=_rate(c, "activation_dropout", "dropout_rate"),
-        tied_lm_head=model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+        dropout=_rate(c, "dropout", "dropout_rate"), activation_dropout=_rate(c, "activation_dropout", "dropout_rate"))
+
+
+def _causal_sizes(c, model) -> dict:
+    """A decoder-only model's sizes: one stack of num_hidden_layers; SwiGLU families have a gate projection
+    (GPT-NeoX: one up projection); grouped-query K/V from num_key_value_heads; the rotated share of each head from
+    the rope parameters' partial_rotary_factor (transformers 5 keeps GPT-NeoX's rotary_pct there; 1 elsewhere)."""
+    hidden, heads = c.hidden_size, c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    gated = any(name.endswith("gate_proj") for name, _ in model.named_modules())
+    return dict(hidden_size=hidden, ffn_size=_first(c, "intermediate_size", default=4 * hidden), heads=heads,
+                kv_heads=_first(c, "num_key_value_heads", default=heads), attention_inner=heads * head_dim,
+                decoder_layers=c.num_hidden_layers, gated_ffn=gated,
+                rotary_fraction=float((getattr(c, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)),
+                dropout=_rate(c, "hidden_dropout", "resid_pdrop"))
 
 
 def linear_shapes(model) -> tuple[tuple[str, int, int, int], ...]:
@@ -188,7 +207,7 @@ def raw_config(source: str | os.PathLike, **kwargs) -> dict:
     return PretrainedConfig.get_config_dict(str(source), **kwargs)[0]
 
 
-SPEC_CACHE_FORMAT = 6  # bump when spec_from_hf_config changes what it derives
+SPEC_CACHE_FORMAT = 7  # bump when spec_from_hf_config changes what it derives
 
 
 def spec_cache_dir() -> Path:
@@ -359,7 +378,7 @@ def cpu_bytes_per_node(spec: ModelSpec, *, stage: int, gpus_per_node: int, nnode
 # ---------------------------------------------------------------------------------------------------- activations
 # One module of formulas per task (engine/tasks), chosen by the spec's task.
 
-ACTIVATIONS = {"seq2seq": "launcher.memory_seq2seq"}
+ACTIVATIONS = {"seq2seq": "launcher.memory_seq2seq", "causal": "launcher.memory_causal"}
 
 
 def _formulas(spec: ModelSpec):
@@ -371,7 +390,7 @@ def _formulas(spec: ModelSpec):
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int,
                      precision: str, checkpointing: bool, device: str, adapters: AdapterSpec | None = None) -> int:
     """Peak activation bytes per rank of one training micro-batch (0 for a bare parameter count); `adapters`: what
-    a frozen base with adapters keeps instead."""
+    LoRA/DoRA/QLoRA train (None: full fine-tuning), for the task's formulas that model it."""
     if not spec.has_architecture:
         return 0
     return _formulas(spec).activation_bytes(spec, micro_batch=micro_batch, source_length=source_length,

@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Mapping
+from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from launcher.memory_estimate import build_model
+from engine.tasks import task_of_config
+from launcher.memory_estimate import AdapterSpec, build_model
 
 TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 2-3 layer copies and scale
 
@@ -49,30 +51,74 @@ class PeakBytes(TorchDispatchMode):
 
 
 def fake_training_step(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
-                       precision: str, checkpointing: bool, device: str) -> tuple:
+                       precision: str, checkpointing: bool, device: str, adapters: AdapterSpec | None = None) -> tuple:
     """(model, batch, known tensors) for one training step, built under the caller's FakeTensorMode: the model as
-    `from_pretrained` builds it, in training mode, with gradients present as after a warm-up step (backward accumulates
-    into them); `known` are the tensors that exist before the step (PeakBytes ignores their storages)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    `from_pretrained` builds it (with `adapters`: wrapped by engine.adapters.adapt, as the engine trains LoRA/DoRA), in
+    training mode, with gradients present as after a warm-up step (backward accumulates into them); `known` are the
+    tensors that exist before the step (PeakBytes ignores their storages). A causal batch is what CausalCollator makes
+    of a `source_length` prompt and a `target_length` summary; `training_loss` computes the step's loss."""
+    # explicit at fp32 too: transformers 5 builds a config in its torch_dtype (bf16 for most decoder-only checkpoints)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     model = build_model(hf_config, raw_config, device, dtype)
     if checkpointing:   # the new name from transformers 5.x on; the old one warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    if adapters is not None:
+        model = _adapt(model, adapters, checkpointing, device)
     model.train()
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    vocab = hf_config.vocab_size
-    batch = {"input_ids": torch.randint(4, vocab, (micro_batch, source_length)),
-             "attention_mask": torch.ones(micro_batch, source_length, dtype=torch.long),
-             "labels": torch.randint(4, vocab, (micro_batch, target_length)),
-             "decoder_input_ids": torch.randint(4, vocab, (micro_batch, target_length))}  # no start-token lookup
-    known = [*model.parameters(), *(p.grad for p in model.parameters()), *model.buffers(), *batch.values()]
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    b, s, t, vocab = micro_batch, source_length, target_length, hf_config.vocab_size
+    if task_of_config(hf_config) == "causal":
+        labels = torch.cat([torch.full((b, s), -100), torch.randint(4, vocab, (b, t))], dim=1)
+        batch = {"input_ids": torch.randint(4, vocab, (b, s + t)), "attention_mask": torch.ones(b, s + t, dtype=torch.long),
+                 "position_ids": torch.arange(s + t).expand(b, -1), "labels": labels, "logits_to_keep": t + 1}
+    else:
+        batch = {"input_ids": torch.randint(4, vocab, (b, s)), "attention_mask": torch.ones(b, s, dtype=torch.long),
+                 "labels": torch.randint(4, vocab, (b, t)),
+                 "decoder_input_ids": torch.randint(4, vocab, (b, t))}  # no start-token lookup
+    known = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None), *model.buffers(),
+             *(v for v in batch.values() if isinstance(v, torch.Tensor))]
     return model, batch, known
+
+
+def _adapt(model, adapters: AdapterSpec, checkpointing: bool, device: str):
+    """engine.adapters.adapt with the lora section `adapters` describes (no speaker tags), on fake tensors: PEFT
+    moves each new adapter to its base layer's device and dtype by swapping parameters, which fake parameters refuse
+    ("has weakref associated"); made on the meta device PEFT skips that move, and they are put on `device` here
+    (fp32, as PEFT keeps adapters)."""
+    from engine.adapters import adapt
+    from engine.schema import DialsumConfig, LoraConfig, TrainingConfig
+
+    cfg = DialsumConfig(training=TrainingConfig(method=adapters.method),
+                        lora=LoraConfig(r=adapters.r, dropout=adapters.dropout, target_modules=list(adapters.targets),
+                                        modules_to_save=list(adapters.modules_to_save)))
+    with torch.device("meta"):
+        model = adapt(model, cfg, task_of_config(model.config), SimpleNamespace(all_special_tokens=[]), checkpointing)
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.device.type == "meta":
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device=device),
+                                                              requires_grad=p.requires_grad)
+    return model
+
+
+def training_loss(model, batch: Mapping) -> torch.Tensor:
+    """The loss of one training step as the engine computes it: a causal batch (it has `logits_to_keep`) through
+    CausalTrainer.compute_loss (logits of the label positions only, fp32 cross-entropy); a seq2seq batch is the model's
+    own loss, as the Trainer takes it."""
+    if "logits_to_keep" not in batch:
+        return model(**batch).loss
+    from engine.tasks.causal import CausalTrainer
+
+    trainer = SimpleNamespace(_keeps_logits=True, args=SimpleNamespace(label_smoothing_factor=0.0))
+    return CausalTrainer.compute_loss(trainer, model, batch)
 
 
 def _trace_once(hf_config, raw_config: Mapping, **step) -> int:
     """Peak bytes one training step allocates beyond the weights and the gradients that a warm-up step left, traced
     on fake tensors: SDPA picks its fused or math path as it would on `step["device"]`; fake CUDA tensors need a CUDA
-    build of torch. The model is called as the Trainer calls it (T5's decoder then keeps its cache without
+    build of torch. The model is called as the engine calls it (T5's decoder then keeps its cache without
     checkpointing)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers.utils import logging as hf_logging
@@ -83,40 +129,53 @@ def _trace_once(hf_config, raw_config: Mapping, **step) -> int:
         with FakeTensorMode(allow_non_fake_inputs=True), torch.device(step["device"]):
             model, batch, known = fake_training_step(hf_config, raw_config, **step)
             with PeakBytes(known) as counter:
-                model(**batch).loss.backward()
+                training_loss(model, batch).backward()
     finally:
         hf_logging.set_verbosity(verbosity)
     return counter.peak
 
 
-def _layer_keys(hf_config) -> tuple[str, str]:
+def layer_keys(hf_config) -> tuple[str, ...]:
+    """The config keys of its layer stacks: (encoder, decoder) or a decoder-only model's one."""
+    if task_of_config(hf_config) == "causal":
+        return ("num_hidden_layers",)
     if hasattr(hf_config, "encoder_layers"):
         return "encoder_layers", "decoder_layers"
     return "num_layers", "num_decoder_layers"
 
 
+def with_layers(hf_config, *layers: int):
+    """A copy of the config with these many layers per stack (`layer_keys` order); per-layer lists (transformers 5's
+    `layer_types`: Gemma 2's sliding/full alternation) cut to length."""
+    small = copy.deepcopy(hf_config)
+    for key, n in zip(layer_keys(hf_config), layers):
+        setattr(small, key, n)
+    if hasattr(small, "num_hidden_layers") and task_of_config(hf_config) != "causal":
+        small.num_hidden_layers = layers[0]
+    if isinstance(getattr(small, "layer_types", None), list):
+        small.layer_types = small.layer_types[:small.num_hidden_layers]
+    return small
+
+
 def traced_activation_bytes(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int,
-                            target_length: int, precision: str, checkpointing: bool, device: str = "cpu") -> int:
+                            target_length: int, precision: str, checkpointing: bool, device: str = "cpu",
+                            adapters: AdapterSpec | None = None) -> int:
     """Activation bytes of one training step of the exact model class, traced on fake tensors. Models deeper than
-    TRACE_FULL_LAYERS are traced as 2+2-layer copies with one more encoder or decoder layer and scaled per layer,
-    which keeps a 70B config to seconds. Not from 1-layer copies: a first layer is unlike the others (T5's relative
-    position bias lives in it) and a 1-layer model peaks elsewhere; T5-70B widths with checkpointing scaled from 1-layer
-    copies to 3.53 GiB, from 2-layer copies to 2.05 GiB, against 1.97 GiB traced whole (393 s)."""
-    enc_key, dec_key = _layer_keys(hf_config)
-    enc = getattr(hf_config, enc_key)
-    dec = getattr(hf_config, dec_key, None) or enc
+    TRACE_FULL_LAYERS are traced as 2-layer copies (2+2 for encoder-decoders) with one more layer in a stack and
+    scaled per layer, which keeps a 70B config to seconds. Not from 1-layer copies: a first layer is unlike the others
+    (T5's relative position bias lives in it) and a 1-layer model peaks elsewhere; T5-70B widths with checkpointing
+    scaled from 1-layer copies to 3.53 GiB, from 2-layer copies to 2.05 GiB, against 1.97 GiB traced whole (393 s)."""
+    keys = layer_keys(hf_config)
+    depths = [getattr(hf_config, k, None) for k in keys]
+    depths = [d or depths[0] for d in depths]
     kw = dict(micro_batch=micro_batch, source_length=source_length, target_length=target_length, precision=precision,
-              checkpointing=checkpointing, device=device)
-    if enc + dec <= TRACE_FULL_LAYERS:
+              checkpointing=checkpointing, device=device, adapters=adapters)
+    if sum(depths) <= TRACE_FULL_LAYERS:
         return _trace_once(hf_config, raw_config, **kw)
-
-    def trace(e: int, d: int) -> int:
-        small = copy.deepcopy(hf_config)
-        setattr(small, enc_key, e)
-        setattr(small, dec_key, d)
-        if hasattr(small, "num_hidden_layers"):
-            small.num_hidden_layers = e
-        return _trace_once(small, raw_config, **kw)
-
-    base = trace(2, 2)
-    return base + (enc - 2) * (trace(3, 2) - base) + (dec - 2) * (trace(2, 3) - base)
+    two = [2] * len(keys)
+    base = _trace_once(with_layers(hf_config, *two), raw_config, **kw)
+    total = base
+    for i, depth in enumerate(depths):   # each stack's per-layer bytes: one more layer in it
+        deeper = _trace_once(with_layers(hf_config, *two[:i], 3, *two[i + 1:]), raw_config, **kw)
+        total += (depth - 2) * (deeper - base)
+    return total
