@@ -13,7 +13,7 @@ from engine.errors import UserError
 from engine.plan import Plan
 
 PLAN_RUN_ID = "plan-only"   # `dialsum plan` launches nothing; `dialsum launch` assigns the real run id
-DECISIONS = ("world_size", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
+DECISIONS = ("world_size", "method", "precision", "zero_stage", "offload", "gradient_checkpointing", "micro_batch_size",
              "deepspeed", "group_by_length", "eval_batch_size", "optim", "dataloader_num_workers",
              "pad_to_multiple_of", "find_unused_parameters", "gather_for_generation")
 _COUNT = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE]\d+)?)\s*([kKmMbBtT]?)\s*")
@@ -87,9 +87,11 @@ def _config_plan(args: argparse.Namespace) -> Plan:
     import os
 
     from engine.config import load_config
+    from engine.quiet import quiet_libraries
     from launcher.planner import make_plan
     from launcher.topology import detect_topology, load_topology
 
+    quiet_libraries()  # model configs are read (and traced) with the engine's libraries
     if not args.config:
         raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
     env = dict(os.environ)  # the one read of the environment: config layer, accelerate, threads
@@ -146,6 +148,7 @@ def print_plan(plan: Plan) -> None:
     offload = "optimizer+params" if plan.offload_params else ("optimizer" if plan.offload_optimizer else "none")
     values = {
         "world_size": f"{plan.world_size} ({plan.nnodes}x{plan.nproc_per_node}, {plan.device}/{plan.backend})",
+        "method": plan.method,
         "precision": plan.precision,
         "zero_stage": f"{plan.zero_stage} ({'DeepSpeed' if plan.use_deepspeed else 'DDP'})",
         "offload": offload,
