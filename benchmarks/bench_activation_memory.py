@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import REPO_ROOT, bench_env, markdown_table, rss_rise
+from common import REPO_ROOT, bench_env, markdown_table, measure_cases, rss_rise
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "activation_memory_cpu.json"
@@ -126,15 +126,8 @@ def main() -> None:
     else:
         cases = [(m, mb, c == "on", p, source, target)
                  for m, mb, p, c in itertools.product(args.models, args.micro, args.precision, args.ckpt)]
-    results = {}
-    for case in cases:
-        results[key(*case)] = run_case(case, args.timeout)
-        print(f"{key(*case)}: {results[key(*case)]['measured_bytes'] / 2**30:.3f} GiB", file=sys.stderr, flush=True)
-        if args.save and not args.quick:
-            from engine.atomic import atomic_write_text
-
-            saved[key(*case)] = results[key(*case)]
-            atomic_write_text(RESULTS, json.dumps(dict(sorted(saved.items())), indent=1) + "\n")
+    results = measure_cases(cases, key, lambda case: run_case(case, args.timeout),
+                            RESULTS if args.save and not args.quick else None)
     print(table(results))
 
 

@@ -87,6 +87,24 @@ def rss_rise(fn) -> dict:
     return {"measured_bytes": max(peak[0], rss_bytes()) - before, "rss_before_bytes": before}
 
 
+def measure_cases(cases, name, run, results_path: Path | None = None) -> dict:
+    """{name(*case): run(case)} in order, each printed to stderr as it lands (its measured_bytes in GiB) and, with
+    `results_path`, merged into that JSON file at once (a later failure keeps what was measured)."""
+    import json
+
+    from engine.atomic import atomic_write_text
+
+    results = {}
+    for case in cases:
+        results[name(*case)] = run(case)
+        print(f"{name(*case)}: {results[name(*case)]['measured_bytes'] / 2**30:.3f} GiB", file=sys.stderr, flush=True)
+        if results_path is not None:
+            saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+            saved[name(*case)] = results[name(*case)]
+            atomic_write_text(results_path, json.dumps(dict(sorted(saved.items())), indent=1) + "\n")
+    return results
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
