@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-from common import REPO_ROOT, bench_env, markdown_table
+from common import REPO_ROOT, bench_env, markdown_table, measure_cases, rss_rise
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "activation_memory_cpu.json"
@@ -30,11 +27,6 @@ MODELS = ("bart-base", "bart-large", "t5-base", "mt5-small", "pegasus-large", "k
 TINY = {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "vocab_size": 1000,
         "max_position_embeddings": 256}
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _config(model: str):
@@ -73,19 +65,7 @@ def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, tar
         net(**batch).loss.backward()
 
     step()  # warm-up: gradients exist from here on, as in training
-    before, peak, done = _rss(), [0], threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    step()
-    done.set()
-    poller.join()
-    return {"measured_bytes": max(peak[0], _rss()) - before, "rss_before_bytes": before}
+    return rss_rise(step)
 
 
 def predict(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> int:
@@ -146,15 +126,8 @@ def main() -> None:
     else:
         cases = [(m, mb, c == "on", p, source, target)
                  for m, mb, p, c in itertools.product(args.models, args.micro, args.precision, args.ckpt)]
-    results = {}
-    for case in cases:
-        results[key(*case)] = run_case(case, args.timeout)
-        print(f"{key(*case)}: {results[key(*case)]['measured_bytes'] / 2**30:.3f} GiB", file=sys.stderr, flush=True)
-        if args.save and not args.quick:
-            from engine.atomic import atomic_write_text
-
-            saved[key(*case)] = results[key(*case)]
-            atomic_write_text(RESULTS, json.dumps(dict(sorted(saved.items())), indent=1) + "\n")
+    results = measure_cases(cases, key, lambda case: run_case(case, args.timeout),
+                            RESULTS if args.save and not args.quick else None)
     print(table(results))
 
 

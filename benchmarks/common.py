@@ -59,6 +59,52 @@ def build_bench_model(out_dir: Path, train_csv: Path = MINI_DIR / "train.csv", e
     return out_dir
 
 
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_rise(fn) -> dict:
+    """Run `fn()` while polling this process's RSS every 2 ms: the peak rise over the RSS just before, and that RSS."""
+    import threading
+    import time
+
+    before, peak, done = rss_bytes(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.002)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        poller.join()
+    return {"measured_bytes": max(peak[0], rss_bytes()) - before, "rss_before_bytes": before}
+
+
+def measure_cases(cases, name, run, results_path: Path | None = None) -> dict:
+    """{name(*case): run(case)} in order, each printed to stderr as it lands (its measured_bytes in GiB) and, with
+    `results_path`, merged into that JSON file at once (a later failure keeps what was measured)."""
+    import json
+
+    from engine.atomic import atomic_write_text
+
+    results = {}
+    for case in cases:
+        results[name(*case)] = run(case)
+        print(f"{name(*case)}: {results[name(*case)]['measured_bytes'] / 2**30:.3f} GiB", file=sys.stderr, flush=True)
+        if results_path is not None:
+            saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
+            saved[name(*case)] = results[name(*case)]
+            atomic_write_text(results_path, json.dumps(dict(sorted(saved.items())), indent=1) + "\n")
+    return results
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

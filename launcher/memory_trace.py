@@ -63,7 +63,7 @@ def fake_training_step(hf_config, raw_config: Mapping, *, micro_batch: int, sour
     if checkpointing:   # the new name from transformers 5.x on; the old one warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if adapters is not None:
-        model = _adapt(model, adapters, checkpointing, device)
+        model = adapt(model, adapters, checkpointing)
     model.train()
     for p in model.parameters():
         if p.requires_grad:
@@ -82,23 +82,30 @@ def fake_training_step(hf_config, raw_config: Mapping, *, micro_batch: int, sour
     return model, batch, known
 
 
-def _adapt(model, adapters: AdapterSpec, checkpointing: bool, device: str):
-    """engine.adapters.adapt with the lora section `adapters` describes (no speaker tags), on fake tensors: PEFT
-    moves each new adapter to its base layer's device and dtype by swapping parameters, which fake parameters refuse
-    ("has weakref associated"); made on the meta device PEFT skips that move, and they are put on `device` here
-    (fp32, as PEFT keeps adapters)."""
-    from engine.adapters import adapt
+def adapt(model, adapters: AdapterSpec, checkpointing: bool):
+    """engine.adapters.adapt with the lora section `adapters` describes (no speaker tags). On fake tensors PEFT's move
+    of each new adapter to its base layer's device and dtype swaps parameters, which fake ones refuse ("has weakref
+    associated"): there the adapters are made on the meta device, which PEFT leaves in place, then put on the base's
+    device (fp32, as PEFT keeps adapters)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from engine.adapters import adapt as engine_adapt
     from engine.schema import DialsumConfig, LoraConfig, TrainingConfig
 
     cfg = DialsumConfig(training=TrainingConfig(method=adapters.method),
                         lora=LoraConfig(r=adapters.r, dropout=adapters.dropout, target_modules=list(adapters.targets),
                                         modules_to_save=list(adapters.modules_to_save)))
+    weight = next(model.parameters())
+    if not isinstance(weight, FakeTensor):
+        return engine_adapt(model, cfg, task_of_config(model.config), SimpleNamespace(all_special_tokens=[]),
+                            checkpointing)
     with torch.device("meta"):
-        model = adapt(model, cfg, task_of_config(model.config), SimpleNamespace(all_special_tokens=[]), checkpointing)
+        model = engine_adapt(model, cfg, task_of_config(model.config), SimpleNamespace(all_special_tokens=[]),
+                             checkpointing)
     for module in model.modules():
         for name, p in module._parameters.items():
             if p is not None and p.device.type == "meta":
-                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device=device),
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device=weight.device),
                                                               requires_grad=p.requires_grad)
     return model
 
