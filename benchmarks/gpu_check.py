@@ -34,6 +34,15 @@ TINY_BART = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attenti
 
 # ---------------------------------------------------------------------------------------------------- shared pieces
 
+PART_OUT: Path | None = None  # the running part's result file (set in its own process)
+
+
+def save_partial(result: dict) -> None:
+    """What the part has measured so far: kept in the report if it then runs out of time."""
+    if PART_OUT is not None:
+        PART_OUT.write_text(json.dumps({"status": "partial", "result": result}, indent=1, default=str))
+
+
 def gpu_env() -> dict[str, str]:
     """bench_env() sets DS_ACCELERATOR=cpu for CPU benchmarks; on a GPU DeepSpeed must find CUDA."""
     return {} if os.environ.get("DS_ACCELERATOR") == "cpu" else {"DS_ACCELERATOR": "cuda"}
@@ -149,20 +158,18 @@ def predicted_causal_qlora(plan) -> tuple[int | None, str | None]:
 
 # ---------------------------------------------------------------------------------------------------- causal training
 
-class StepEnds:
-    """perf_counter at every optimizer step's end (a TrainerCallback, made lazily: transformers is heavy)."""
+def step_clock():
+    """A TrainerCallback noting perf_counter at every optimizer step's end (defined here: transformers is heavy)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class StepEnds(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
 
-        class _StepEnds(TrainerCallback):
-            def __init__(self):
-                self.ends: list[float] = []
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
 
-            def on_step_end(self, args, state, control, **kwargs):
-                self.ends.append(time.perf_counter())
-
-        return _StepEnds()
+    return StepEnds()
 
 
 def token_rows(n: int, prompt: int, completion: int, vocab: int) -> list[dict]:
@@ -176,7 +183,8 @@ def token_rows(n: int, prompt: int, completion: int, vocab: int) -> list[dict]:
 
 
 def build_causal(model_dir: Path, dtype, method: str):
-    """A random-weight model of the config on this device; QLoRA: its linear layers (not the head) as NF4 4-bit."""
+    """(model, parameters): a random-weight model of the config on this device, its parameter count before any
+    quantization; QLoRA: its linear layers (not the head) as NF4 4-bit."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -184,6 +192,7 @@ def build_causal(model_dir: Path, dtype, method: str):
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
     if method == "qlora":
         import bitsandbytes as bnb
 
@@ -197,7 +206,7 @@ def build_causal(model_dir: Path, dtype, method: str):
                                                  compress_statistics=True, quant_storage=torch.bfloat16).to(device)
                     setattr(parent, name, q)
         model.is_loaded_in_4bit = True
-    return model
+    return model, params
 
 
 def tokenizer_for():
@@ -211,20 +220,25 @@ def train_causal(side: str, model_dir: Path, work: Path, *, method: str, prompt:
                  warmup: int, micro: int | None = None, accum: int = 1, checkpointing: bool = False,
                  precision: str = "bf16") -> dict:
     """A few optimizer steps of one side: "dialsum" at the plan's micro-batch, accumulation, checkpointing and
-    precision (adapters by engine.adapters.adapt), "trl" as TRL's SFTTrainer at its defaults (SFTConfig(), LoRA by
-    a default peft LoraConfig). Peak allocated, first-try fit, tokens/s, MFU."""
+    precision (adapters by engine.adapters.adapt), "trl" as TRL's SFTTrainer at its defaults (SFTConfig() with
+    max_length = the sequence; LoRA by a default peft LoraConfig). Peak allocated, first-try fit, tokens/s, MFU."""
     import torch
     from datasets import Dataset
 
     from engine.callbacks import estimate_flops_per_token
 
+    import gc
+
     gpu = on_gpu()
+    gc.collect()  # the previous side's model and Trainer (reference cycles): not in this side's peak
+    if gpu:
+        torch.cuda.empty_cache()
     adapters = method in ("lora", "qlora")
-    dtype = torch.bfloat16 if adapters or precision == "bf16" else None
-    model = build_causal(model_dir, dtype if adapters else None, method)
+    # a frozen base is held in bf16 (engine.adapters.base_dtype on a bf16 plan); a full fine-tune's weights in fp32
+    model, params = build_causal(model_dir, torch.bfloat16 if adapters else None, method)
     tok = tokenizer_for()
-    clock = StepEnds()
-    rows = token_rows(steps * 64 if side == "trl" else steps * (micro or 1) * accum, prompt, completion,
+    clock = step_clock()
+    rows = token_rows(steps * 8 if side == "trl" else steps * micro * accum, prompt, completion,  # SFT's batch: 8
                       model.config.vocab_size)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -257,8 +271,10 @@ def train_causal(side: str, model_dir: Path, work: Path, *, method: str, prompt:
             from peft import LoraConfig
 
             peft = LoraConfig(task_type="CAUSAL_LM")
+        # defaults but the length: SFT's max_length (1024) would cut every completion off at 1024/256
         args = SFTConfig(output_dir=str(work / f"out-{side}"), max_steps=steps, report_to=[], save_strategy="no",
-                         use_cpu=not gpu, disable_tqdm=True, **({} if gpu else {"bf16": False}))
+                         max_length=prompt + completion, use_cpu=not gpu, disable_tqdm=True,
+                         **({} if gpu else {"bf16": False}))
         data = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": [0] * prompt + [1] * completion}
                                   for r in rows])  # tokenized: SFTTrainer trains on the completion only
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft,
@@ -273,10 +289,9 @@ def train_causal(side: str, model_dir: Path, work: Path, *, method: str, prompt:
     except torch.OutOfMemoryError as exc:
         return {**out, "fit_first_try": False, "error": str(exc).splitlines()[0]}
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-    length = min(prompt + completion, settings.get("max_length") or prompt + completion)
     ends = clock.ends
-    tps = batch * length * (len(ends) - 1 - warmup) / (ends[-1] - ends[warmup]) if len(ends) > warmup + 1 else None
-    params = sum(p.numel() for p in model.parameters())
+    tps = (batch * (prompt + completion) * (len(ends) - 1 - warmup) / (ends[-1] - ends[warmup])
+           if len(ends) > warmup + 1 else None)
     return {**out, "tokens_per_s": round(tps, 1) if tps else None,
             "mfu": mfu(estimate_flops_per_token(params, frozen=adapters), tps),
             "max_memory_allocated_bytes": torch.cuda.max_memory_allocated() if gpu else None}
@@ -349,6 +364,7 @@ def part_bart(work: Path, dry_run: bool) -> dict:
             case[side] = {"source_tokens_per_s": round(tps, 1) if tps else None, "mfu": mfu(flops, tps),
                           "fit_first_try": fit, "max_memory_allocated_bytes": timing and timing["peak_memory_bytes"]}
         cases.append(case)
+        save_partial({"cases": cases})
     return {"cases": cases}
 
 
@@ -371,9 +387,12 @@ def part_llama_8b(method: str):
         model = write_llama(work / "llama-3-8b", "llama-3-8b", dry_run)
         lengths = [(48, 16)] if dry_run else [(1024, 256), (2048, 256)]
         predict = predicted_causal_lora if method == "lora" else predicted_causal_qlora
-        return {"cases": [causal_case(work, model, method=method, prompt=p, completion=c, global_batch=8,
-                                      steps=3 if dry_run else 5, warmup=1 if dry_run else 2, predict=predict)
-                          for p, c in lengths]}
+        cases = []
+        for p, c in lengths:
+            cases.append(causal_case(work, model, method=method, prompt=p, completion=c, global_batch=8,
+                                     steps=3 if dry_run else 5, warmup=1 if dry_run else 2, predict=predict))
+            save_partial({"cases": cases})
+        return {"cases": cases}
     part.__doc__ = f"Llama-3-8B-shaped with {method.upper()} (PEFT) at 1024/256 and 2048/256."
     return part
 
@@ -437,12 +456,14 @@ PARTS = {
     "llama-3-8b-lora": (part_llama_8b("lora"), 80, 120),
     "llama-3-8b-qlora": (part_llama_8b("qlora"), 60, 120),
     "trace": (part_trace, 40, 120),
-    "zero3": (part_zero3, 40, 90),
+    "zero3": (part_zero3, 40, 240),  # on CPU DeepSpeed JIT-builds its shm op once: ~100 s on 2 busy cores
 }
 
 
 def run_part(name: str, out: Path, dry_run: bool) -> int:
     """In the part's own process: run it, write its result (or its error) to `out`."""
+    global PART_OUT
+    PART_OUT = out
     with tempfile.TemporaryDirectory(prefix=f"gpu-check-{name}-") as tmp:
         try:
             result = {"status": "ok", "result": PARTS[name][0](Path(tmp), dry_run)}
@@ -493,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                      else {"status": "failed", "error": f"exited {proc.returncode} without a result"})
         except subprocess.TimeoutExpired:
             entry = {"status": "timed out", "error": f"still running after its {timeout} s"}
+            if part_json.is_file():  # the cases it finished
+                entry["result"] = json.loads(part_json.read_text())["result"]
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
