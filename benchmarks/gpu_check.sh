@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14, for a session that is lent one GPU (~8 minutes): BART-base- and BART-large-sized random
-# models at 512/128 through `dialsum launch` at the planned config vs a plain Seq2SeqTrainer at its defaults
-# (tokens/s, MFU, predicted vs torch.cuda.max_memory_allocated, whether the first try fit: bench_gpu.py), then the
-# planner's formula vs its fake-tensor trace on CUDA (fused SDPA kernels) for the fixture configs.
-# Run from the repository root: bash benchmarks/gpu_check.sh [OUT_DIR]   (writes OUT_DIR/gpu_check.log and .json)
+# The GPU check (issues 14, 27) in one command on a bare GPU node (~7.5 minutes on one GPU, no network needed):
+#   bash benchmarks/gpu_check.sh OUT_DIR [--dry-run]
+# When dialsum's dependencies do not import, they are installed first from the wheelhouse beside the repository
+# (./wheelhouse, or $DIALSUM_WHEELHOUSE; built by scripts/wheelhouse.sh) into OUT_DIR/deps, not over the node's own
+# packages. Then benchmarks/gpu_check.py runs every part in its own process with its own timeout (a failing part is
+# recorded and the others run) and writes OUT_DIR/gpu_check.json; everything printed is in OUT_DIR/gpu_check.log.
+# --dry-run: every part on CPU with tiny shapes. PYTHON: the interpreter (default python).
 set -euo pipefail
+usage="usage: benchmarks/gpu_check.sh OUT_DIR [--dry-run]"
+die() { echo "gpu_check: $*" >&2; exit 2; }
+OUT="" DRY=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=(--dry-run) ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) die "unknown option $arg; $usage" ;;
+    *) [ -z "$OUT" ] || die "one OUT_DIR, got '$OUT' and '$arg'; $usage"; OUT="$arg" ;;
+  esac
+done
+[ -n "$OUT" ] || die "OUT_DIR missing; $usage"
 cd "$(dirname "$0")/.."
-OUT="${1:-${OUT:-benchmarks/results}}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline WANDB_SILENT=true TOKENIZERS_PARALLELISM=false \
-       HF_HUB_OFFLINE=1
+       HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
+imports="import deepspeed, trl, peft, wandb, rouge_score, nltk, sqlalchemy, optuna, engine.trainer, launcher.cli"
+if ! DS_ACCELERATOR=cpu "$PY" -c "$imports" 2>/dev/null; then
+  WHEELS="${DIALSUM_WHEELHOUSE:-$PWD/wheelhouse}"
+  [ -d "$WHEELS" ] || die "dialsum's dependencies do not import and there is no wheelhouse at $WHEELS (build one \
+where there is an index: bash scripts/wheelhouse.sh OUT --python X.Y --platform TAG --installed FREEZE.txt)"
+  echo "gpu_check: installing the wheelhouse $WHEELS into $OUT/deps"
+  # --no-deps: the wheelhouse is exactly what this node lacks (--target would otherwise reinstall torch & co.)
+  "$PY" -m pip install -q --no-index --no-deps --target "$OUT/deps" "$WHEELS"/*.whl
+  export PYTHONPATH="$PYTHONPATH:$OUT/deps"
+  "$PY" -m pip check || echo "gpu_check: pip check found the conflicts above; running anyway"
+  DS_ACCELERATOR=cpu "$PY" -c "$imports"
+fi
 
-# 1. launch vs plain Trainer: tokens/s, MFU, predicted vs measured peak, first-try fit (both sizes). ~5 min.
-timeout 330 "$PY" benchmarks/bench_gpu.py --steps 30 --warmup 5 --max-source 512 --max-target 128
-
-# 2. formula vs trace on CUDA at the planned setting, per fixture config. ~1-2 min.
-for model in bart-base bart-large; do
-  cfg="$OUT/plan-$model.yaml"
-  printf 'model:\n  name_or_path: tests/fixtures/model_configs/%s\ndata:\n  max_source_length: 512\n  max_target_length: 128\ntraining:\n  global_batch_size: 32\n' "$model" > "$cfg"
-  timeout 120 "$PY" -m launcher.cli plan "$cfg" --trace --json > "$OUT/plan-$model.json"
-  "$PY" - "$OUT/plan-$model.json" "$model" <<'PYEOF'
-import json, sys
-plan = json.load(open(sys.argv[1]))
-t = plan["memory"]["trace"]
-for ckpt, row in t["checkpointing"].items():
-    print(f"{sys.argv[2]}: micro-batch {t['micro_batch_size']}, checkpointing {ckpt}: formula "
-          f"{row['formula_bytes'] / 2**30:.2f} GiB, trace {row['traced_bytes'] / 2**30:.2f} GiB ({t['seconds']} s)")
-PYEOF
-done
-echo "gpu_check: done"
+if [ ${#DRY[@]} -eq 0 ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
+fi
+"$PY" benchmarks/gpu_check.py "$OUT" "${DRY[@]}"
+echo "gpu_check: done; $OUT/gpu_check.json, $OUT/gpu_check.log"

@@ -23,10 +23,17 @@ DEFAULT_PREFETCH_BUCKET = 50_000_000
 DEFAULT_PERSISTENCE_THRESHOLD = 100_000
 
 
+def _templates():
+    """The templates' folder: ds_configs/ beside launcher/ in a checkout (imported from the repository, installed or
+    not), else the `launcher.ds_configs` package a wheel installs it as."""
+    checkout = Path(__file__).resolve().parent.parent / "ds_configs"
+    return checkout if (checkout / "base.json").is_file() else files("launcher.ds_configs")
+
+
 def load_template(name: str) -> dict:
-    """A template from the `launcher.ds_configs` package: "base", "zero0".."zero3" (".json" optional)."""
+    """A template: "base", "zero0".."zero3" (".json" optional)."""
     name = name.removesuffix(".json")
-    return json.loads(files("launcher.ds_configs").joinpath(f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads(_templates().joinpath(f"{name}.json").read_text(encoding="utf-8"))
 
 
 def _merge(base: dict, overlay: dict) -> dict:

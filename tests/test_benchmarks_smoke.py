@@ -3,6 +3,9 @@
 No timing is asserted: benchmarks are scripts, never timed tests. The ones that launch ranks are marked slow."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +97,45 @@ def test_cpu_rank_peak_bench_runs_every_setting():
     rows = table_rows(run_bench("bench_cpu_rank_peak.py"))
     assert [r[0].split(" (")[0] for r in rows] == ["lengths as they come", "padded to multiples of 8", "no oneDNN cache"]
     assert all(float(r[2]) > 100 and float(r[3]) >= float(r[2]) for r in rows), rows   # MiB: a process with torch
+
+
+def gpu_check(out: Path, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess, dict]:
+    [proc] = run_processes([["bash", str(BENCH_DIR / "gpu_check.sh"), str(out), "--dry-run", *args]], timeout,
+                           cwd=BENCH_DIR, env={**os.environ, "PYTHON": sys.executable})
+    return proc, json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").is_file() else {}
+
+
+def test_gpu_check_refuses_bad_input_in_one_line(tmp_path):
+    for args in ([], [str(tmp_path), "--fast"], [str(tmp_path), str(tmp_path)]):
+        proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_check.sh"), *args], capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+
+
+def test_gpu_check_dry_run_takes_a_zero3_step(tmp_path):
+    """One part in its own process (DeepSpeed ZeRO-3 on a CPU rank), its result in the JSON report."""
+    out = tmp_path / "out"
+    [proc] = run_processes([[sys.executable, str(BENCH_DIR / "gpu_check.py"), str(out), "--dry-run", "--only",
+                             "zero3"]], 300, cwd=BENCH_DIR)  # a cold DeepSpeed cache builds its CPU shm op first
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    part = json.loads((out / "gpu_check.json").read_text())["parts"]["zero3"]
+    assert part["status"] == "ok" and part["result"]["zero_stage"] == 3 and part["result"]["loss"] > 0, part
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_part_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    proc, report = gpu_check(out, timeout=570)  # below pytest's 600 s; about 200 s on 2 idle cores
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "gpu_check.log").read_text().rstrip().endswith("gpu_check.log")
+    assert sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) < 16 * 2**20
+    parts = report["parts"]
+    assert all(p["status"] == "ok" for p in parts.values()), {n: p.get("error") for n, p in parts.items()}
+    assert len(parts) == 6 and report["dry_run"] is True
+    for name in ("llama-3.2-1b-full", "llama-3-8b-lora", "llama-3-8b-qlora"):
+        for case in parts[name]["result"].get("cases", []):
+            assert case["predicted_peak_bytes"] is None and case["predicted_null_reason"]   # no causal formulas yet
+            assert case["dialsum"]["fit_first_try"] and case["trl_defaults"]["tokens_per_s"] > 0
+    bart = parts["bart"]["result"]["cases"][0]
+    assert bart["predicted_peak_bytes"] > 0 and bart["dialsum"]["source_tokens_per_s"] > 0
+    assert {c["model"] for c in parts["trace"]["result"]["cases"]} == {"bart-base", "bart-large"}
