@@ -3,7 +3,7 @@
 python benchmarks/gpu_check.py OUT_DIR [--dry-run]     (benchmarks/gpu_check.sh runs it: the log, the wheelhouse)
 
 Random weights of published shapes (tests/fixtures/model_configs, bench_gpu.py's BART sizes), no hub. Each training
-case records the planner's prediction (`predicted_*` hooks below: null with the reason where it cannot predict yet),
+case records the planner's predicted peak (without its CUDA-context allowance),
 torch.cuda.max_memory_allocated, whether the first try fit, tokens/s and MFU, for dialsum's plan and for the plain
 trainer at its defaults (Seq2SeqTrainer, TRL SFTTrainer). A part that fails or runs out of time is recorded as such
 and the others still run. --dry-run: the same parts on CPU with tiny shapes (what CI runs).
@@ -93,6 +93,12 @@ def plan_summary(plan) -> dict:
             "gradient_checkpointing": plan.gradient_checkpointing}
 
 
+def prediction(plan) -> tuple[int | None, str | None]:
+    """(the planner's predicted peak, None), or (None, why) for a plan without a memory prediction."""
+    peak = planned_peak(plan)
+    return (peak, None) if peak is not None else (None, "the plan has no memory prediction (model sizes unknown)")
+
+
 def planned_peak(plan) -> int | None:
     """The plan's predicted peak per GPU without its CUDA-context allowance (what max_memory_allocated sees)."""
     memory = plan.memory or {}
@@ -120,40 +126,6 @@ def write_llama(out: Path, name: str, dry_run: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**raw, **TINY_LLAMA}))
     return out
-
-
-# ---------------------------------------------------------------------------------------------------- predictions
-# One hook per case: the planner's predicted peak bytes, or None with the reason it cannot predict the case yet.
-
-def _causal_reason(plan) -> str | None:
-    from launcher.memory_estimate import ACTIVATIONS
-
-    if plan.task not in ACTIVATIONS:
-        return (f"the planner has no activation formulas for the {plan.task} task yet "
-                f"(launcher.memory_estimate.ACTIVATIONS: {sorted(ACTIVATIONS)})")
-    return None
-
-
-def predicted_seq2seq_full(plan) -> tuple[int | None, str | None]:
-    return planned_peak(plan), None
-
-
-def predicted_causal_full(plan) -> tuple[int | None, str | None]:
-    reason = _causal_reason(plan)
-    return (None, reason) if reason else (planned_peak(plan), None)
-
-
-def _adapter_reason(plan, base: str) -> str:
-    why = f"the planner counts a full fine-tune's model states; {base} has no gradients or optimizer states"
-    return "; ".join(r for r in (_causal_reason(plan), why) if r)
-
-
-def predicted_causal_lora(plan) -> tuple[int | None, str | None]:
-    return None, _adapter_reason(plan, "LoRA's frozen bf16 base")
-
-
-def predicted_causal_qlora(plan) -> tuple[int | None, str | None]:
-    return None, _adapter_reason(plan, "QLoRA's frozen 4-bit base")
 
 
 # ---------------------------------------------------------------------------------------------------- causal training
@@ -298,9 +270,9 @@ def train_causal(side: str, model_dir: Path, work: Path, *, method: str, prompt:
 
 
 def causal_case(work: Path, model_dir: Path, *, method: str, prompt: int, completion: int, global_batch: int,
-                steps: int, warmup: int, predict) -> dict:
+                steps: int, warmup: int) -> dict:
     plan = plan_for(work, model_dir, source=prompt, target=completion, global_batch=global_batch, method=method)
-    predicted, reason = predict(plan)
+    predicted, reason = prediction(plan)
     case = {"model": model_dir.name, "method": method, "lengths": [prompt, completion], "plan": plan_summary(plan),
             "predicted_peak_bytes": predicted, "predicted_null_reason": reason}
     common = dict(method=method, prompt=prompt, completion=completion, steps=steps, warmup=warmup)
@@ -338,7 +310,7 @@ def part_bart(work: Path, dry_run: bool) -> dict:
         cfg["parallel"]["zero_stage"] = None  # the planner chooses
         config.write_text(yaml.safe_dump(cfg))
         plan = plan_of(config)
-        predicted, reason = predicted_seq2seq_full(plan)
+        predicted, reason = prediction(plan)
         case = {"model": name, "lengths": [source, target], "plan": plan_summary(plan),
                 "predicted_peak_bytes": predicted, "predicted_null_reason": reason}
         launch = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", str(config), "--nproc", "1"],
@@ -373,8 +345,7 @@ def part_llama_1b_full(work: Path, dry_run: bool) -> dict:
     model = write_llama(work / "llama-3.2-1b", "llama-3.2-1b", dry_run)
     prompt, completion = (48, 16) if dry_run else (1024, 256)
     return {"cases": [causal_case(work, model, method="full", prompt=prompt, completion=completion, global_batch=8,
-                                  steps=3 if dry_run else 6, warmup=1 if dry_run else 2,
-                                  predict=predicted_causal_full)]}
+                                  steps=3 if dry_run else 6, warmup=1 if dry_run else 2)]}
 
 
 def part_llama_8b(method: str):
@@ -386,11 +357,10 @@ def part_llama_8b(method: str):
                 return {"skipped": "bitsandbytes is not importable here (pip install 'dialsum[qlora]')"}
         model = write_llama(work / "llama-3-8b", "llama-3-8b", dry_run)
         lengths = [(48, 16)] if dry_run else [(1024, 256), (2048, 256)]
-        predict = predicted_causal_lora if method == "lora" else predicted_causal_qlora
         cases = []
         for p, c in lengths:
             cases.append(causal_case(work, model, method=method, prompt=p, completion=c, global_batch=8,
-                                     steps=3 if dry_run else 5, warmup=1 if dry_run else 2, predict=predict))
+                                     steps=3 if dry_run else 5, warmup=1 if dry_run else 2))
             save_partial({"cases": cases})
         return {"cases": cases}
     part.__doc__ = f"Llama-3-8B-shaped with {method.upper()} (PEFT) at 1024/256 and 2048/256."
