@@ -103,10 +103,10 @@ def adapt(model, adapters: AdapterSpec, checkpointing: bool):
         model = engine_adapt(model, cfg, task_of_config(model.config), SimpleNamespace(all_special_tokens=[]),
                              checkpointing)
     for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is not None and p.device.type == "meta":
-                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device=weight.device),
-                                                              requires_grad=p.requires_grad)
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.device.type == "meta":
+                setattr(module, name, torch.nn.Parameter(torch.empty_like(p, device=weight.device),
+                                                         requires_grad=p.requires_grad))
     return model
 
 
