@@ -44,12 +44,16 @@ def check_adapters(cfg: DialsumConfig, model_type: str, linear_layers: list[str]
     if missing:
         raise UserError(f"lora.target_modules: {', '.join(missing)} match no layer of {model_type}; its linear "
                         f"layers are {', '.join(linear_layers)} (or all-linear)")
-    if cfg.training.method == "qlora":
-        import importlib.util
+    if cfg.training.method == "qlora" and not has_4bit_kernels():
+        raise UserError("training.method: qlora needs bitsandbytes for its 4-bit base (pip install "
+                        "'dialsum[qlora]'), or use lora with parallel.precision: bf16")
 
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("training.method: qlora needs bitsandbytes for its 4-bit base (pip install "
-                            "'dialsum[qlora]'), or use lora with parallel.precision: bf16")
+
+def has_4bit_kernels() -> bool:
+    """bitsandbytes (QLoRA's NF4 base) is installed; found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def quantization_config(cfg: DialsumConfig):

@@ -6,7 +6,7 @@ rotary, GELU MLP in parallel with attention). The sequence is the prompt (`sourc
 them to fp32. Measured against real CPU training steps: benchmarks/bench_causal_activation_memory.py."""
 from __future__ import annotations
 
-from launcher.memory_estimate import AdapterSpec, ModelSpec
+from launcher.memory_estimate import AdapterSpec, ModelSpec, element_bytes
 from launcher.memory_seq2seq import fused_attention
 
 NEOX = ("gpt_neox",)
@@ -108,7 +108,7 @@ def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, t
     Adapters (LoRA, DoRA, QLoRA): the frozen base's linear layers keep no input for their weight gradient, the
     adapters keep theirs (`_lora`); QLoRA dequantizes one weight at a time (its largest bf16 copy counted)."""
     b, s, t, h, v = micro_batch, source_length, target_length, spec.hidden_size, spec.vocab_size
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     tokens, keep = b * (s + t), b * (t + 1)
     frozen = adapters is not None
     layer = _layer(spec, w, device, s + t, adapters) * tokens
@@ -136,7 +136,7 @@ def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_l
     """Activation bytes of generating for `rows` sequences (batch x beams): the K/V cache of prompt + summary in every
     layer (kv_heads wide), one layer's tensors over the prompt at a time (prefill; no backward, so an over-estimate
     of what it keeps), and the last position's logits with their fp32 copy."""
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     s, t = source_length, target_length
     kv = 2 * spec.attention_inner // spec.heads * (spec.kv_heads or spec.heads)
     cache = rows * (s + t) * kv * w * spec.decoder_layers

@@ -64,6 +64,11 @@ class AdapterSpec:
     modules_to_save: tuple[str, ...] = ()
 
 
+def element_bytes(precision: str) -> int:
+    """Bytes of one working weight, gradient or activation element: 2 at bf16/fp16, 4 at fp32."""
+    return 2 if precision in ("bf16", "fp16") else 4
+
+
 def _first(cfg, *names: str, default=0):
     for name in names:
         value = getattr(cfg, name, None)
@@ -309,7 +314,7 @@ def model_state_bytes(spec: ModelSpec, *, stage: int, world_size: int, precision
 
     With adapters only they are trained (Ψ: `adapter_params`); the frozen base (`frozen_base_bytes`) has no gradient
     or optimizer state: ZeRO-1/2 keep it whole on every rank, ZeRO-3 partitions it (offloaded: on the CPU)."""
-    n, w = world_size, 2 if precision in ("bf16", "fp16") else 4
+    n, w = world_size, element_bytes(precision)
     psi = spec.params if adapters is None else adapter_params(spec, adapters)
     frozen = 0 if adapters is None else frozen_base_bytes(spec, adapters, precision)
     gathered = 2 * w * spec.largest_layer_params
@@ -347,7 +352,7 @@ def adapter_params(spec: ModelSpec, adapters: AdapterSpec) -> int:
 def frozen_base_bytes(spec: ModelSpec, adapters: AdapterSpec, precision: str) -> int:
     """The frozen base in memory: held in the compute precision (engine.adapters.base_dtype); QLoRA's linear layers
     in NF4 (`NF4_BYTES_PER_PARAM`), its embeddings, output head and norms in the compute precision."""
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     if adapters.method != "qlora":
         return w * spec.params
     quantized = sum(fan_in * fan_out * count for _, fan_in, fan_out, count in spec.linear_shapes)
@@ -408,7 +413,7 @@ def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_l
 def overhead_bytes(spec: ModelSpec, *, device: str, stage: int, precision: str) -> int:
     """Per-rank bytes besides model states and activations: CUDA context (GPU) or the process's baseline RSS (CPU),
     plus DeepSpeed's double-buffered gradient bucket (h² by the rendered config; ZeRO-3 adds a 0.9h² prefetch)."""
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     h2 = spec.hidden_size ** 2
     buckets = 0 if stage == 0 else int((2 * h2 + (0.9 * h2 if stage == 3 else 0)) * w)
     return (CUDA_OVERHEAD if device == "cuda" else cpu_baseline_bytes()) + buckets

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.memory_estimate import T5_FAMILY, AdapterSpec, ModelSpec
+from launcher.memory_estimate import T5_FAMILY, AdapterSpec, ModelSpec, element_bytes
 
 
 def fused_attention(spec: ModelSpec, device: str) -> bool:
@@ -31,7 +31,7 @@ class _Widths:
 
 
 def _widths(spec: ModelSpec, precision: str, device: str) -> _Widths:
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     mask = 1 if device == "cuda" else w
     if device == "cpu" and spec.attn_implementation == "sdpa":   # SDPA's CPU math path computes in fp32
         scores = 4 + (4 + 4 if spec.attention_dropout > 0 else 0)
@@ -110,7 +110,7 @@ def generation_bytes(spec: ModelSpec, *, rows: int, source_length: int, target_l
     """Activation bytes of generating for `rows` sequences (batch x beams): no backward, so the layer inputs and one
     layer at a time, as under full recomputation, plus the decoder's cross-attention cache (2·rows·s·h a layer).
     An over-estimate: generation keeps the logits of the last position only."""
-    w = 2 if precision in ("bf16", "fp16") else 4
+    w = element_bytes(precision)
     kv = 2 * rows * source_length * spec.hidden_size * spec.decoder_layers * w
     return activation_bytes(spec, micro_batch=rows, source_length=source_length, target_length=target_length,
                             precision=precision, checkpointing=True, device=device) + kv

@@ -41,17 +41,24 @@ def _past_predictions(tracker, cfg: DialsumConfig) -> list[dict]:
     return rows
 
 
-def memory_correction(cfg: DialsumConfig, device: str, method: str = "full") -> tuple[float, str] | None:
-    """(factor, reason) to scale this model's predicted memory by: the median measured/predicted peak of its past runs
-    on the same kind of device with the same training method (a frozen base's memory is another model's), each taken
-    against its plan's uncorrected formula (so corrections do not compound); None without such runs."""
+def memory_corrections(cfg: DialsumConfig, device: str, methods: tuple[str, ...] = ("full",)) -> dict:
+    """{method: (factor, reason)} to scale this model's predicted memory by, for each of `methods` with past runs: the
+    median measured/predicted peak of its past runs on the same kind of device with that training method (a frozen
+    base's memory is another model's), each taken against its plan's uncorrected formula (so corrections do not
+    compound). The store is read once for all methods."""
     try:
-        rows = [r for r in past_predictions(cfg) if r["device"] == device and r["method"] == method]
+        rows = [r for r in past_predictions(cfg) if r["device"] == device]
     except Exception as exc:  # a store that cannot be read (locked, unreachable, older schema) must not stop a plan
         log.warning("memory history unavailable (%s): planning without it", " ".join(str(exc).split())[:200])
-        return None
-    if not rows:
-        return None
-    ratio = statistics.median(r["measured_bytes"] * r["correction"] / r["predicted_bytes"] for r in rows)
-    return ratio, (f"predictions x{ratio:.2f}: median measured/predicted peak of {len(rows)} past run(s) of this "
-                   f"model on {device}{'' if method == 'full' else ' with ' + method} ({', '.join(r['run_id'] for r in rows[:3])}{', ...' if len(rows) > 3 else ''})")
+        return {}
+    corrections = {}
+    for method in methods:
+        runs = [r for r in rows if r["method"] == method]
+        if not runs:
+            continue
+        ratio = statistics.median(r["measured_bytes"] * r["correction"] / r["predicted_bytes"] for r in runs)
+        named = f"{', '.join(r['run_id'] for r in runs[:3])}{', ...' if len(runs) > 3 else ''}"
+        corrections[method] = ratio, (f"predictions x{ratio:.2f}: median measured/predicted peak of {len(runs)} past "
+                                      f"run(s) of this model on {device}{'' if method == 'full' else ' with ' + method}"
+                                      f" ({named})")
+    return corrections

@@ -26,8 +26,8 @@ from launcher.ds_config import (
     trainer_values, user_pins,
 )
 from launcher.memory_estimate import (
-    GiB, T5_FAMILY, AdapterSpec, ModelSpec, activation_bytes, adapter_params, cpu_bytes_per_node, frozen_base_bytes,
-    generation_bytes, model_spec, model_state_bytes, overhead_bytes,
+    GiB, T5_FAMILY, AdapterSpec, ModelSpec, activation_bytes, adapter_params, cpu_bytes_per_node, element_bytes,
+    frozen_base_bytes, generation_bytes, model_spec, model_state_bytes, overhead_bytes,
 )
 from engine.plan import Plan, backend_for
 from launcher.topology import Topology
@@ -56,7 +56,7 @@ class Footprint:
     activations: int
     overhead: int
     cpu_per_node: int   # host RAM a GPU plan needs per node (0 on CPU: everything is in `total`)
-    correction: float = 1.0   # measured/predicted of past runs of this model (plan_history.memory_correction)
+    correction: float = 1.0   # measured/predicted of past runs of this model (plan_history.memory_corrections)
 
     @property
     def formula_total(self) -> int:
@@ -99,7 +99,7 @@ class Setting:
 
     def weight_bytes(self) -> int:
         """The whole model's weights in memory (what ZeRO-3 gathers for generation)."""
-        w = 2 if self.precision in ("bf16", "fp16") else 4
+        w = element_bytes(self.precision)
         if self.adapters is None:
             return w * self.spec.params
         return frozen_base_bytes(self.spec, self.adapters, self.precision) + w * self.trainable_params
@@ -285,11 +285,11 @@ def _unplanned_method(cfg: DialsumConfig) -> str:
 def _adapter_methods(setting: Setting) -> list[str]:
     """The adapter methods the memory model can size for this model (its linear layers known) and this machine
     runs (QLoRA: bitsandbytes installed)."""
-    import importlib.util
+    from engine.adapters import has_4bit_kernels
 
     if not setting.spec.linear_shapes:
         return []
-    return ["lora"] + (["qlora"] if importlib.util.find_spec("bitsandbytes") is not None else [])
+    return ["lora"] + (["qlora"] if has_4bit_kernels() else [])
 
 
 def _least(setting: Setting, candidates: list[Candidate]) -> int:
@@ -373,8 +373,8 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
     arguments: `env` is the environment snapshot the entry point took (default: an empty one); what the plan takes
     from it is accelerate's DeepSpeed settings and OMP_NUM_THREADS. `trace` (or parallel.trace_memory): activations
     from a fake-tensor trace of the model class. Past runs of the model on this kind of device correct the prediction
-    (plan_history.memory_correction). `sweep_trial` and `preempt_lead_s` are recorded for the ranks."""
-    from launcher.plan_history import memory_correction
+    (plan_history.memory_corrections). `sweep_trial` and `preempt_lead_s` are recorded for the ranks."""
+    from launcher.plan_history import memory_corrections
 
     env = {} if env is None else env
     cfg = loaded.config
@@ -383,7 +383,7 @@ def make_plan(loaded: LoadedConfig, topology: Topology, *, run_id: str, env: Map
     if spec is not None:
         check_task_and_method(cfg, spec)
     methods = AUTO_METHODS if cfg.training.method == "auto" else (cfg.training.method,)
-    memory = {"corrections": {m: found for m in methods if spec and (found := memory_correction(cfg, device, m))},
+    memory = {"corrections": memory_corrections(cfg, device, methods) if spec else {},
               "trace": (trace or cfg.parallel.trace_memory) and spec is not None}
     user_ds = read_user_deepspeed(cfg.parallel.deepspeed_config, env)
     if user_ds is None:
@@ -452,8 +452,9 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         traced = None
         if trace and spec.has_architecture:
             setting, traced = _traced(setting, cfg.model.name_or_path, candidates, micros[0])
-        setting, found, reasons["method"] = _choose_method(cfg, setting, candidates, micros, corrections or {})
-        if (corrections or {}).get(setting.method):
+        corrections = corrections or {}
+        setting, found, reasons["method"] = _choose_method(cfg, setting, candidates, micros, corrections)
+        if setting.method in corrections:
             reasons["memory"] = corrections[setting.method][1]
         if found is None:
             raise _too_big(setting, par, candidates, micros, per_rank, also=_what_would_fit(cfg, setting, candidates))

@@ -5,7 +5,7 @@ import pytest
 
 from engine.schema import DialsumConfig
 from engine.store import Tracker, open_store
-from launcher.plan_history import memory_correction, past_predictions
+from launcher.plan_history import memory_corrections, past_predictions
 
 
 def _run(tracker: Tracker, run_id: str, model: str, status: str, measured: float, device: str = "cpu",
@@ -40,12 +40,12 @@ def test_reads_completed_runs_of_the_same_model_newest_first(tmp_path, cfg):
     rows = past_predictions(cfg)
     assert [r["run_id"] for r in rows] == ["new", "gpu", "old"]
     assert rows[0]["measured_bytes"] == 140.0 and rows[0]["correction"] == 1.2 and rows[0]["world_size"] == 2
-    factor, reason = memory_correction(cfg, "cpu")
+    factor, reason = memory_corrections(cfg, "cpu")["full"]
     # each run against its uncorrected formula: 140 x 1.2 / 100 and 120 / 100, median 1.44
     assert factor == pytest.approx((1.68 + 1.2) / 2) and "2 past run(s)" in reason and "new, old" in reason
-    assert memory_correction(cfg, "xpu") is None
+    assert memory_corrections(cfg, "xpu") == {}
 
 
 def test_no_store_yet_means_no_history(tmp_path, cfg):
-    assert past_predictions(cfg) == [] and memory_correction(cfg, "cpu") is None
+    assert past_predictions(cfg) == [] and memory_corrections(cfg, "cpu") == {}
     assert not (tmp_path / "dialsum.db").exists()
