@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from common import REPO_ROOT, bench_env, markdown_table, measure_cases, rss_rise
+from common import REPO_ROOT, add_measurement_arguments, markdown_table, measure_cases, measure_in_child, rss_rise
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "activation_memory_cpu.json"
@@ -80,15 +78,6 @@ def key(model: str, micro: int, ckpt: bool, precision: str, source: int, target:
     return f"{model}|{source}/{target}|mb{micro}|ckpt {'on' if ckpt else 'off'}|{precision}"
 
 
-def run_case(case: tuple, timeout: int) -> dict:
-    env = bench_env({"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode:
-        raise RuntimeError(f"{key(*case)}: child failed\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def table(results: dict) -> str:
     rows = []
     for name, r in results.items():
@@ -107,11 +96,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--ckpt", nargs="+", default=["off", "on"])
     parser.add_argument("--lengths", default="512/128")
-    parser.add_argument("--save", action="store_true", help=f"merge the measurements into {RESULTS.relative_to(REPO_ROOT)}")
-    parser.add_argument("--report", action="store_true", help="print the table of the saved results only")
-    parser.add_argument("--quick", action="store_true", help="one tiny BART case (smoke test)")
-    parser.add_argument("--timeout", type=int, default=1800, help="per case, seconds")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_measurement_arguments(parser, RESULTS, quick="one tiny BART case (smoke test)", timeout=1800)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*json.loads(args.child))))
@@ -126,8 +111,11 @@ def main() -> None:
     else:
         cases = [(m, mb, c == "on", p, source, target)
                  for m, mb, p, c in itertools.product(args.models, args.micro, args.precision, args.ckpt)]
-    results = measure_cases(cases, key, lambda case: run_case(case, args.timeout),
-                            RESULTS if args.save and not args.quick else None)
+
+    def run(case: tuple) -> dict:
+        return measure_in_child(__file__, case, key(*case), timeout=args.timeout, threads=1)
+
+    results = measure_cases(cases, key, run, RESULTS if args.save and not args.quick else None)
     print(table(results))
 
 

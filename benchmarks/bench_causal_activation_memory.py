@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from common import REPO_ROOT, bench_env, markdown_table, measure_cases, rss_rise
+from common import REPO_ROOT, add_measurement_arguments, markdown_table, measure_cases, measure_in_child, rss_rise
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_activation_memory_cpu.json"
@@ -99,15 +97,6 @@ def key(model: str, method: str, precision: str, lengths: str, ckpt: bool) -> st
     return f"{model}|{method}|{precision}|{lengths}|ckpt {'on' if ckpt else 'off'}"
 
 
-def run_case(case: tuple, timeout: int) -> dict:
-    env = bench_env({"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"})
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode:
-        raise RuntimeError(f"{key(*case)}: child failed\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def table(results: dict) -> tuple[str, float]:
     """The markdown table and the largest |error| of the formula."""
     rows, worst = [], 0.0
@@ -126,11 +115,7 @@ def table(results: dict) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", help="only these fixtures' cases of the grid")
-    parser.add_argument("--save", action="store_true", help=f"merge the measurements into {RESULTS.relative_to(REPO_ROOT)}")
-    parser.add_argument("--report", action="store_true", help="print the table of the saved results only")
-    parser.add_argument("--quick", action="store_true", help="2 small cases (smoke test)")
-    parser.add_argument("--timeout", type=int, default=600, help="per case, seconds")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_measurement_arguments(parser, RESULTS, quick="2 small cases (smoke test)", timeout=600)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*json.loads(args.child))))
@@ -140,8 +125,11 @@ def main() -> None:
         print(table(saved)[0])
         return
     cases = QUICK if args.quick else [c for c in GRID if not args.models or c[0] in args.models]
-    results = measure_cases(cases, key, lambda case: run_case(case, args.timeout),
-                            RESULTS if args.save and not args.quick else None)
+
+    def run(case: tuple) -> dict:
+        return measure_in_child(__file__, case, key(*case), timeout=args.timeout, threads=2)
+
+    results = measure_cases(cases, key, run, RESULTS if args.save and not args.quick else None)
     text, worst = table(results)
     print(text)
     print(f"\nlargest |error| of the formula: {worst:.1%} (target 10%)")

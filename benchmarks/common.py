@@ -87,6 +87,32 @@ def rss_rise(fn) -> dict:
     return {"measured_bytes": max(peak[0], rss_bytes()) - before, "rss_before_bytes": before}
 
 
+def add_measurement_arguments(parser, results: Path, *, quick: str, timeout: int) -> None:
+    """The flags of a benchmark that measures each case in a child process: --save (merge into `results`), --report
+    (the saved table only), --quick (`quick` says which cases), --timeout per case, and the child's case."""
+    import argparse
+
+    parser.add_argument("--save", action="store_true", help=f"merge the measurements into {results.relative_to(REPO_ROOT)}")
+    parser.add_argument("--report", action="store_true", help="print the table of the saved results only")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--timeout", type=int, default=timeout, help="per case, seconds")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def measure_in_child(script: str, case: tuple, name: str, *, timeout: int, threads: int) -> dict:
+    """`script --child CASE` in a fresh process (MALLOC_MMAP_THRESHOLD_ pinned so freed tensors go back to the OS, as
+    rss_rise needs): the JSON it prints last. `name` labels a failure."""
+    import json
+    import subprocess
+
+    env = bench_env({"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(threads)})
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(case)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"{name}: child failed\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_cases(cases, name, run, results_path: Path | None = None) -> dict:
     """{name(*case): run(case)} in order, each printed to stderr as it lands (its measured_bytes in GiB) and, with
     `results_path`, merged into that JSON file at once (a later failure keeps what was measured)."""

@@ -94,17 +94,12 @@ def plan_summary(plan) -> dict:
 
 
 def prediction(plan) -> tuple[int | None, str | None]:
-    """(the planner's predicted peak, None), or (None, why) for a plan without a memory prediction."""
-    peak = planned_peak(plan)
-    return (peak, None) if peak is not None else (None, "the plan has no memory prediction (model sizes unknown)")
-
-
-def planned_peak(plan) -> int | None:
-    """The plan's predicted peak per GPU without its CUDA-context allowance (what max_memory_allocated sees)."""
+    """(the plan's predicted peak per GPU without its CUDA-context allowance: what max_memory_allocated sees, None),
+    or (None, why) for a plan without a memory prediction."""
     memory = plan.memory or {}
     if "predicted_peak_bytes_per_gpu" not in memory:
-        return None
-    return memory["predicted_peak_bytes_per_gpu"] - memory.get("overhead_bytes_per_gpu", 0)
+        return None, "the plan has no memory prediction (model sizes unknown)"
+    return memory["predicted_peak_bytes_per_gpu"] - memory.get("overhead_bytes_per_gpu", 0), None
 
 
 def peak_flops() -> float | None:

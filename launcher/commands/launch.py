@@ -115,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
     from launcher.commands.plan import print_plan
     from launcher.topology import detect_topology, load_topology
 
-    quiet_libraries()  # the launcher reads model configs and audits rows with the engine's libraries
     env = dict(os.environ)  # the one read of this launcher's environment: config layer, accelerate, threads, run id
     loaded = load_config([*args.config, *args.extra_configs], overrides=args.overrides, env=env,
                          sweep_params=read_sweep_params(args.sweep_params))
     check_data(loaded.config)
+    quiet_libraries()  # the launcher reads model configs and audits rows with the engine's libraries
     check_model(loaded.config)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology(env)
     run_id = args.run_id or env.get("DIALSUM_RUN_ID")

@@ -91,9 +91,9 @@ def _config_plan(args: argparse.Namespace) -> Plan:
     from launcher.planner import make_plan
     from launcher.topology import detect_topology, load_topology
 
-    quiet_libraries()  # model configs are read (and traced) with the engine's libraries
     if not args.config:
         raise UserError("plan: give a CONFIG file, or --model-params N --gpus G --gpu-memory SIZE")
+    quiet_libraries()  # model configs are read (and traced) with the engine's libraries
     env = dict(os.environ)  # the one read of the environment: config layer, accelerate, threads
     loaded = load_config([*args.config, *args.extra_configs], overrides=args.overrides, env=env)
     topology = load_topology(args.topology_file) if args.topology_file else detect_topology(env)
