@@ -37,8 +37,9 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def build_bench_model(out_dir: Path, train_csv: Path = MINI_DIR / "train.csv", eval_csv: Path = MINI_DIR / "dev.csv",
-                      size: str = "tiny") -> Path:
-    """`dialsum init-model` plus the speaker tags baked into the tokenizer (and embeddings), saved to out_dir.
+                      size: str = "tiny", arch: str = "bart", base: Path | None = None) -> Path:
+    """`dialsum init-model` (or the model directory `base`) plus the speaker tags baked into the tokenizer (and
+    embeddings), saved to out_dir.
 
     The engine adds the tags found in the data at load time; a plain script would not. Baking them in means both sides
     load byte-identical weights and token ids, so their losses can be compared exactly."""
@@ -49,9 +50,9 @@ def build_bench_model(out_dir: Path, train_csv: Path = MINI_DIR / "train.csv", e
 
     if (out_dir / "config.json").is_file():
         return out_dir
-    raw = out_dir.parent / f"{out_dir.name}-raw"
+    raw = base or out_dir.parent / f"{out_dir.name}-raw"
     if not (raw / "config.json").is_file():
-        init_model(train_csv, raw, size=size, seed=0)
+        init_model(train_csv, raw, size=size, seed=0, arch=arch)
     rows = read_dialogues(train_csv, require_summary=True) + read_dialogues(eval_csv, require_summary=True)
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(raw)), find_placeholder_tokens(rows))
     model.save_pretrained(out_dir)

@@ -14,11 +14,18 @@ quiet_pip() {  # pip's notes about unreadable local index folders are noise; rea
   python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
   return "${PIPESTATUS[0]}"
 }
-# wheel first: pip then builds the sdists among the dependencies (DeepSpeed, rouge-score) as wheels, without the
-# "legacy 'setup.py install' method" deprecation notice pip prints when a new venv has no wheel package
-quiet_pip wheel
-if [ -z "${DIALSUM_SKIP_TORCH:-}" ] && ! python -c "import torch" 2>/dev/null; then
-  quiet_pip "torch==2.13.0"
+# pip runs when the venv was not yet installed from this pyproject.toml: a second `scripts/test.sh` (or one beside
+# it, as .ci/run starts) then installs nothing, so no two pip runs rewrite the same venv at once.
+installed="$VENV/.dialsum-installed"
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$installed" 2>/dev/null)" != "$wanted" ]; then
+  # wheel first: pip then builds the sdists among the dependencies (DeepSpeed, rouge-score) as wheels, without the
+  # "legacy 'setup.py install' method" deprecation notice pip prints when a new venv has no wheel package
+  quiet_pip wheel
+  if [ -z "${DIALSUM_SKIP_TORCH:-}" ] && ! python -c "import torch" 2>/dev/null; then
+    quiet_pip "torch==2.13.0"
+  fi
+  quiet_pip -e ".[dev]"
+  echo "$wanted" > "$installed"
 fi
-quiet_pip -e ".[dev]"
 python -c "import engine, launcher, deepspeed, transformers" >/dev/null

@@ -93,6 +93,19 @@ def test_vs_plain_ddp_bench_runs_both_sides_and_an_ablation(tmp_path):
     assert "group_by_length" in out and "eval_batch_size" in out  # dialsum's plan is printed with the table
 
 
+@pytest.mark.slow
+def test_vs_trl_bench_runs_both_sides(tmp_path):
+    """TRL's SFTTrainer (completion-only loss, rank-0 generation after training) and dialsum on the same causal LM."""
+    out = run_bench("bench_vs_trl.py", "--workdir", str(tmp_path), timeout=540)
+    rows = table_rows(out)
+    assert [r[0].split(" (")[0] for r in rows] == ["TRL SFTTrainer", "dialsum launch"]
+    for row in rows:
+        assert float(row[4]) > 0 and 0.0 <= float(row[7]) <= 3.0, row  # every side generated and was scored
+    assert "target met" in out or "TARGET MISSED" in out
+    plan = json.loads(next((tmp_path / "engine-out-plan-0" / "runs").glob("*/plan.json")).read_text())
+    assert plan["task"] == "causal", plan.get("task")
+
+
 def test_cpu_rank_peak_bench_runs_every_setting():
     rows = table_rows(run_bench("bench_cpu_rank_peak.py"))
     assert [r[0].split(" (")[0] for r in rows] == ["lengths as they come", "padded to multiples of 8", "no oneDNN cache"]

@@ -11,7 +11,7 @@ from engine.store import Tracker, open_store
 from launch_helpers import REPO_ROOT, secret_probe, small_config
 from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 
 def job_env() -> dict[str, str]:
