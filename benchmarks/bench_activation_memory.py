@@ -4,7 +4,9 @@ Per case (model x micro-batch x checkpointing x precision), a fresh subprocess b
 (random weights, untied where the checkpoint is), runs one warm-up forward+backward so gradients exist, then polls its
 own RSS every 2 ms during a second forward+backward: activations = peak minus the RSS just before. glibc's mmap threshold
 is pinned (MALLOC_MMAP_THRESHOLD_) so freed activations go back to the OS and the second step allocates them afresh
-rather than reusing heap the warm-up left behind. Memory is not timing: the numbers hold on a busy machine.
+rather than reusing heap the warm-up left behind (as the plan starts CPU ranks). Beside it: the process's high-water
+mark over the three steps above the loaded model (gradients + activations + what the allocator keeps). Memory is not
+timing: the numbers hold on a busy machine.
 
     python benchmarks/bench_activation_memory.py                      # mb 4, fp32+bf16, checkpointing off/on, 6 models
     python benchmarks/bench_activation_memory.py --models bart-base --micro 1 4 --save
@@ -62,8 +64,16 @@ def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, tar
     def step():
         net(**batch).loss.backward()
 
+    import resource
+
+    from common import rss_bytes
+
+    loaded = rss_bytes()
     step()  # warm-up: gradients exist from here on, as in training
-    return rss_rise(step)
+    rise = rss_rise(step)
+    step()
+    # what a process keeps over several steps (ru_maxrss: the high-water mark), beside the one step's rise
+    return {**rise, "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - loaded}
 
 
 def predict(model: str, micro: int, ckpt: bool, precision: str, source: int, target: int) -> int:
@@ -85,8 +95,10 @@ def table(results: dict) -> str:
         case = (model, int(micro[2:]), ckpt.endswith("on"), precision, *map(int, lengths.split("/")))
         predicted = predict(*case)
         rows.append([model, lengths, micro[2:], ckpt.split()[1], precision, f"{predicted / 2**30:.3f}",
-                     f"{r['measured_bytes'] / 2**30:.3f}", f"{(predicted - r['measured_bytes']) / r['measured_bytes']:+.1%}"])
-    return markdown_table(["model", "src/tgt", "micro", "ckpt", "precision", "predicted GiB", "measured GiB", "error"], rows)
+                     f"{r['measured_bytes'] / 2**30:.3f}", f"{(predicted - r['measured_bytes']) / r['measured_bytes']:+.1%}",
+                     f"{r['process_peak_bytes'] / 2**30:.3f}" if "process_peak_bytes" in r else "-"])
+    return markdown_table(["model", "src/tgt", "micro", "ckpt", "precision", "predicted GiB", "measured GiB", "error",
+                           "process peak over 3 steps, above the loaded model (GiB)"], rows)
 
 
 def main() -> None:

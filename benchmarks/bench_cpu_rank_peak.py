@@ -1,5 +1,5 @@
-"""A CPU rank's memory over many steps of varying length: batch lengths as they come, padded to multiples of 8 (the
-plan's default), and without oneDNN's primitive cache.
+"""A CPU rank's memory over many steps of varying length: batch lengths as they come, padded to multiples of 8, padded
+with glibc returning freed blocks to the OS (the plan's default for CPU ranks), and without oneDNN's primitive cache.
 
 The planner predicts a rank's peak from its first step (baseline + model states + activations). In fp32 CPU training
 GELU runs through oneDNN, whose primitive cache keeps a JIT kernel per input shape (up to 1024 of them), so a run whose
@@ -24,6 +24,8 @@ MODEL = REPO_ROOT / "data" / "mini-bart-pretrained"
 # name -> (environment, batch lengths rounded up to a multiple of)
 SETTINGS = {"lengths as they come": ({}, 1),
             "padded to multiples of 8 (data.pad_to_multiple_of)": ({}, 8),
+            "padded, freed blocks back to the OS (MALLOC_MMAP_THRESHOLD_=65536, as the plan starts CPU ranks)":
+                ({"MALLOC_MMAP_THRESHOLD_": "65536"}, 8),
             "no oneDNN cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0)": ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}, 1)}
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,11 +153,39 @@ def test_two_nodes_of_h100_count_all_ranks(models):
     assert one_node.world_size == 8
 
 
+FREED_ACTIVATIONS = """
+import torch
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+big = torch.ones(4 * 2**20); del big     # a freed 16 MiB block: glibc's default threshold rises to 16 MiB
+before = rss()
+step = [torch.ones(2**18) for _ in range(200)]  # one step's activations: 200 x 1 MiB
+kept = torch.ones(2**18)                   # alive above them on the heap, as the next step's tensors are
+del step
+print(rss() - before)
+"""
+
+
+def test_cpu_ranks_give_freed_activations_back_to_the_os(models):
+    """The CPU plan's rank environment: 200 MiB of freed activations stay in a default process (the peak the plan
+    does not predict) and go back to the OS in a rank's."""
+    plan = plan_for(models["bart-base"], "cpu-only")
+
+    def kept_mib(env: dict) -> float:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", FREED_ACTIVATIONS], env={**clean, **env}, capture_output=True,
+                             text=True, timeout=120, check=True)
+        return float(out.stdout.split()[-1])
+
+    assert kept_mib({}) > 150
+    assert kept_mib(plan.env) < 20
+
+
 def test_cpu_only_plans_fp32_on_gloo(models):
     plan = plan_for(models["bart-base"], "cpu-only")
     assert_consistent(plan)
     assert (plan.device, plan.backend, plan.precision, plan.nproc_per_node) == ("cpu", "gloo", "fp32", 1)
-    assert plan.env == {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "16"} and plan.zero_stage == 0
+    assert plan.env == {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    assert plan.zero_stage == 0
     assert not plan.offload_optimizer
     two_ranks = plan_for(models["bart-base"], "cpu-only", nproc=2)
     assert two_ranks.env["OMP_NUM_THREADS"] == "8", "each rank gets its share of the cores"
