@@ -24,8 +24,8 @@ MODEL = REPO_ROOT / "data" / "mini-bart-pretrained"
 # name -> (environment, batch lengths rounded up to a multiple of)
 SETTINGS = {"lengths as they come": ({}, 1),
             "padded to multiples of 8 (data.pad_to_multiple_of)": ({}, 8),
-            "padded, freed blocks back to the OS (MALLOC_MMAP_THRESHOLD_=65536, as the plan starts CPU ranks)":
-                ({"MALLOC_MMAP_THRESHOLD_": "65536"}, 8),
+            "padded, freed blocks back to the OS (MALLOC_MMAP_THRESHOLD_=1048576, as the plan starts CPU ranks)":
+                ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, 8),
             "no oneDNN cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0)": ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}, 1)}
 
 

@@ -520,17 +520,18 @@ def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int
     return dataclasses.replace(setting, activation_scale=tuple(scale)), info
 
 
-CPU_MMAP_THRESHOLD = "65536"
+CPU_MMAP_THRESHOLD = str(2**20)
 
 
 def _rank_env(device: str, topology: Topology, nproc: int, env: Mapping[str, str]) -> dict[str, str]:
     """What the rank processes start with: the CPU accelerator for DeepSpeed, and one share of the cores per rank
     unless OMP_NUM_THREADS is set (torchrun sets 1 for several ranks; without a share, 2 ranks on 2 cores ran 4
-    compute threads). CPU ranks also get glibc's MALLOC_MMAP_THRESHOLD_ (unless set): every block from 64 KiB up is
+    compute threads). CPU ranks also get glibc's MALLOC_MMAP_THRESHOLD_ (unless set): every block from 1 MiB up is
     its own mapping, returned to the OS when freed. glibc's default threshold rises to the size of each freed block,
     so after the first step activations come from the heap, whose freed holes the process keeps: the peak sat 0.6 GiB
     above the live peak the plan predicts (bart-base, micro-batch 4, 512/128, fp32: 5.05 vs 4.42 GiB, with
-    checkpointing 3.36 vs 2.73)."""
+    checkpointing 3.36 vs 2.73). 1 MiB, not lower: 64 KiB kept the same 2.73 GiB but made the demo BART's
+    steps 19-24% slower (a mapping for every small block); 1 MiB costs them 4% (benchmarks/bench_cpu_rank_peak.py)."""
     ranks = {"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(max(1, topology.cpu_cores // nproc))}
     if device == "cpu":
         ranks["DS_ACCELERATOR"] = "cpu"

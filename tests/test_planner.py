@@ -158,8 +158,8 @@ import torch
 def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 big = torch.ones(4 * 2**20); del big     # a freed 16 MiB block: glibc's default threshold rises to 16 MiB
 before = rss()
-step = [torch.ones(2**18) for _ in range(200)]  # one step's activations: 200 x 1 MiB
-kept = torch.ones(2**18)                   # alive above them on the heap, as the next step's tensors are
+step = [torch.ones(2**19) for _ in range(100)]  # one step's activations: 100 x 2 MiB
+kept = torch.ones(2**19)                   # alive above them on the heap, as the next step's tensors are
 del step
 print(rss() - before)
 """
@@ -184,7 +184,7 @@ def test_cpu_only_plans_fp32_on_gloo(models):
     plan = plan_for(models["bart-base"], "cpu-only")
     assert_consistent(plan)
     assert (plan.device, plan.backend, plan.precision, plan.nproc_per_node) == ("cpu", "gloo", "fp32", 1)
-    assert plan.env == {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "16", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    assert plan.env == {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "16", "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     assert plan.zero_stage == 0
     assert not plan.offload_optimizer
     two_ranks = plan_for(models["bart-base"], "cpu-only", nproc=2)
