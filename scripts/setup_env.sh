@@ -14,8 +14,8 @@ quiet_pip() {  # pip's notes about unreadable local index folders are noise; rea
   python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
   return "${PIPESTATUS[0]}"
 }
-# pip runs when the venv was not yet installed from this pyproject.toml: a second `scripts/test.sh` (or one beside
-# it, as .ci/run starts) then installs nothing, so no two pip runs rewrite the same venv at once.
+# pip runs only when the venv was not yet installed from this pyproject.toml: a second `scripts/test.sh` or
+# `scripts/demo.sh` starts at once, and two started together never run pip on the same venv.
 installed="$VENV/.dialsum-installed"
 wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$installed" 2>/dev/null)" != "$wanted" ]; then
