@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 from pathlib import Path
 
-from common import REPO_ROOT, add_measurement_arguments, markdown_table, measure_cases, measure_in_child, rss_rise
+from common import (REPO_ROOT, add_measurement_arguments, markdown_table, measure_cases, measure_in_child, rss_bytes,
+                    rss_rise)
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "activation_memory_cpu.json"
@@ -63,10 +65,6 @@ def measure(model: str, micro: int, ckpt: bool, precision: str, source: int, tar
 
     def step():
         net(**batch).loss.backward()
-
-    import resource
-
-    from common import rss_bytes
 
     loaded = rss_bytes()
     step()  # warm-up: gradients exist from here on, as in training

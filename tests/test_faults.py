@@ -99,7 +99,6 @@ def test_rank_killed_at_start_up_leaves_a_failed_run(tmp_path, tiny_model_dir):
     assert run["history"] == [] and "rank 1 exited with code -9" in run["error"], run["error"]
 
 
-@pytest.mark.sleeps
 def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     """SIGUSR1 to the launcher as step 8 begins, at real-scale durations on every rank: step 8 takes 40 s, the
     evaluation after it 40 s (generation), its checkpoint's first file write 40 s; the preemption watchdog (30 s) must
@@ -180,7 +179,6 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_result(tmp_path, tiny
     assert final_loss(run1) == pytest.approx(final_loss(uninterrupted), rel=0.25)
 
 
-@pytest.mark.sleeps
 @pytest.mark.parametrize("where", ["callback", "optimizer"])
 def test_preemption_waits_for_ranks_that_work_outside_their_modules(tmp_path, tiny_model_dir, where):
     """SIGTERM to the launcher as step 3 begins; every rank then spends 40 s where no module runs (a callback at the
@@ -206,7 +204,6 @@ def test_preemption_waits_for_ranks_that_work_outside_their_modules(tmp_path, ti
     assert read_marker(saved[0][1])["step"] == 4
 
 
-@pytest.mark.sleeps
 def test_signalled_rank_leaves_when_its_peer_is_frozen(tmp_path, tiny_model_dir):
     """Rank 1 freezes (SIGSTOP) at the end of step 3; rank 0 goes on into step 4 and waits for it in a collective,
     where Python runs no signal handler. 5 s later the launcher gets SIGTERM: rank 0's watchdog, woken through the
@@ -379,7 +376,6 @@ def test_node_without_its_peer_gives_up_in_the_rendezvous_timeout(tmp_path, tiny
     assert not [p for p in psutil.process_iter(["cmdline"]) if "lonely" in " ".join(p.info["cmdline"] or [])]
 
 
-@pytest.mark.sleeps
 def test_store_locked_by_another_process_does_not_stall_training(tmp_path, tiny_model_dir):
     """Another process holds the SQLite store's write lock (BEGIN EXCLUSIVE) for 60 s while 2 ranks train: rank 1 keeps
     stepping (its step log advances during the lock; rank 0's writes wait on their own thread), every step's metrics
