@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from common import BENCH_DIR, MINI_DIR, REPO_ROOT, bench_env, build_bench_model, median, print_report
+from common import BENCH_DIR, REPO_ROOT, add_run_arguments, bench_env, build_bench_model, median, print_report
 
 TARGET_SPEEDUP = 1.3
 METRIC = "eval_rouge_combined_f1"
@@ -119,30 +119,35 @@ def eval_seconds(timing: dict) -> float:
     return sum(e["eval_runtime"] for e in timing["evals"])
 
 
+def interleaved_runs(work: Path, a: argparse.Namespace, anchor: str, run_anchor, run_ours,
+                     ablations: list[tuple[int, str, dict]]) -> tuple[dict, str]:
+    """`a.repeats` runs a side, interleaved (anchor, dialsum, anchor, ...) so a busy machine slows both alike, then
+    `a.ablation_repeats` runs of each (number, label, overrides) ablation row; each run is (seconds, its timing, launch
+    wall time). Returns them by side or label, and the plan dialsum printed for its first run."""
+    runs: dict[str, list[tuple[float, dict, float]]] = {anchor: [], "dialsum": []}
+    for r in range(a.repeats):
+        for side in (anchor, "dialsum"):
+            launched = time.time()
+            took, timing = run_anchor(r) if side == anchor else run_ours(f"plan-{r}", {})
+            runs[side].append((took, timing, launched))
+    for i, label, overrides in ablations:
+        for r in range(a.ablation_repeats):
+            launched = time.time()
+            took, timing = run_ours(f"ablation-{i}-{r}", overrides)
+            runs.setdefault(label, []).append((took, timing, launched))
+    plan_text = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(work / "engine-plan-0.yaml")],
+                               cwd=REPO_ROOT, env={**bench_env(), "COLUMNS": "200"}, capture_output=True,
+                               text=True).stdout
+    return runs, plan_text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", type=Path, default=MINI_DIR / "train.csv", help="training CSV (default: the shipped mini)")
-    p.add_argument("--eval", type=Path, default=MINI_DIR / "dev.csv", help="dev CSV (default: the shipped mini)")
-    p.add_argument("--rows", type=int, default=1000, help="training rows")
-    p.add_argument("--eval-rows", type=int, default=100, help="dev rows evaluated")
-    p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200)
+    add_run_arguments(p, repeats=5, batch=8, max_source=512, max_target=128, beams=4, max_new_tokens=64)
     p.add_argument("--eval-steps", type=int, default=100, help="evaluate every N steps (default: two evaluations)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved runs per side")
-    p.add_argument("--ablation-repeats", type=int, default=1, help="runs per ablation row (0: no ablations)")
-    p.add_argument("--batch", type=int, default=8, help="global batch")
     p.add_argument("--logging-steps", type=int, default=50)
-    p.add_argument("--max-source", type=int, default=512)
-    p.add_argument("--max-target", type=int, default=128)
-    p.add_argument("--beams", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--min-new-tokens", type=int, default=8,
-                   help="the tiny model's best beam is otherwise often empty (ROUGE 0 on both sides)")
     p.add_argument("--size", default="mini", choices=["tiny", "mini", "small"],
                    help="`dialsum init-model` size: tiny is overhead-bound, mini (the demo's) spends its steps computing")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workdir", default="", help="keep models and outputs here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes: 12 steps, 8 dev rows, 1 run, 1 ablation")
     a = p.parse_args(argv)
     if a.quick:
@@ -154,23 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = build_bench_model(work / f"model-{a.size}", size=a.size)
-        runs: dict[str, list[tuple[float, dict, float]]] = {"plain": [], "dialsum": []}
-        for r in range(a.repeats):
-            for side in ("plain", "dialsum"):
-                launched = time.time()
-                took, timing = (run_plain(work, model, a, r) if side == "plain"
-                                else run_dialsum(work, model, a, f"plan-{r}", {}))
-                runs[side].append((took, timing, launched))
-        ablations = ABLATIONS[-1:] if a.quick else ABLATIONS
-        for label, overrides in ablations if a.ablation_repeats else []:
-            for r in range(a.ablation_repeats):
-                launched = time.time()
-                took, timing = run_dialsum(work, model, a, f"ablation-{ABLATIONS.index((label, overrides))}-{r}",
-                                           overrides)
-                runs.setdefault(label, []).append((took, timing, launched))
-        plan_text = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(work / "engine-plan-0.yaml")],
-                                   cwd=REPO_ROOT, env={**bench_env(), "COLUMNS": "200"}, capture_output=True,
-                                   text=True).stdout
+        numbered = list(enumerate(ABLATIONS))
+        runs, plan_text = interleaved_runs(work, a, "plain", lambda r: run_plain(work, model, a, r),
+                                           lambda name, overrides: run_dialsum(work, model, a, name, overrides),
+                                           numbered[-1:] if a.quick else numbered)
         report(a, runs, plan_text)
 
 

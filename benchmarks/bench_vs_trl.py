@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from bench_vs_plain_ddp import eval_seconds, merged, phases, timed
-from common import BENCH_DIR, MINI_DIR, REPO_ROOT, bench_env, build_bench_model, median, print_report
+from bench_vs_plain_ddp import eval_seconds, interleaved_runs, merged, phases, timed
+from common import BENCH_DIR, REPO_ROOT, add_run_arguments, build_bench_model, median, print_report
 
 TARGET_SPEEDUP = 1.3
 PRETRAINED = REPO_ROOT / "data" / "mini-llama-pretrained"
@@ -91,25 +89,9 @@ def bench_model(work: Path, size: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", type=Path, default=MINI_DIR / "train.csv", help="training CSV (default: the shipped mini)")
-    p.add_argument("--eval", type=Path, default=MINI_DIR / "dev.csv", help="dev CSV (default: the shipped mini)")
-    p.add_argument("--rows", type=int, default=1000, help="training rows")
-    p.add_argument("--eval-rows", type=int, default=100, help="dev rows evaluated")
-    p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side")
-    p.add_argument("--ablation-repeats", type=int, default=1, help="runs per ablation row (0: no ablations)")
-    p.add_argument("--batch", type=int, default=16, help="global batch")
-    p.add_argument("--max-source", type=int, default=256)
-    p.add_argument("--max-target", type=int, default=64)
-    p.add_argument("--beams", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--min-new-tokens", type=int, default=8)
+    add_run_arguments(p, repeats=3, batch=16, max_source=256, max_target=64, beams=1, max_new_tokens=48)
     p.add_argument("--size", default="pretrained", choices=["pretrained", "tiny", "mini", "small"],
                    help="the shipped pre-trained mini Llama, or an init-model Llama of this size")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workdir", default="", help="keep models and outputs here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes: tiny model, 6 steps, 8 dev rows, 1 run "
                                                          "per side, no ablation")
     a = p.parse_args(argv)
@@ -122,21 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = bench_model(work, a.size)
-        runs: dict[str, list[tuple[float, dict, float]]] = {"trl": [], "dialsum": []}
-        for r in range(a.repeats):
-            for side in ("trl", "dialsum"):
-                launched = time.time()
-                took, timing = run_trl(work, model, a, r) if side == "trl" else run_dialsum(work, model, a,
-                                                                                            f"plan-{r}", {})
-                runs[side].append((took, timing, launched))
-        for i, (label, overrides) in enumerate(ABLATIONS):
-            for r in range(a.ablation_repeats):
-                launched = time.time()
-                took, timing = run_dialsum(work, model, a, f"ablation-{i}-{r}", overrides)
-                runs.setdefault(label, []).append((took, timing, launched))
-        plan_text = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(work / "engine-plan-0.yaml")],
-                                   cwd=REPO_ROOT, env={**bench_env(), "COLUMNS": "200"}, capture_output=True,
-                                   text=True).stdout
+        runs, plan_text = interleaved_runs(work, a, "trl", lambda r: run_trl(work, model, a, r),
+                                           lambda name, overrides: run_dialsum(work, model, a, name, overrides),
+                                           [(i, label, o) for i, (label, o) in enumerate(ABLATIONS)])
         report(a, runs, plan_text)
 
 

@@ -100,6 +100,31 @@ def add_measurement_arguments(parser, results: Path, *, quick: str, timeout: int
     parser.add_argument("--child", help=argparse.SUPPRESS)
 
 
+def add_run_arguments(parser, *, repeats: int, batch: int, max_source: int, max_target: int, beams: int,
+                      max_new_tokens: int) -> None:
+    """The flags the whole-run benchmarks (dialsum vs plain DDP, vs TRL) share: data, steps, batch, lengths,
+    generation, repeats, seed, workdir; the defaults that differ between them are the arguments."""
+    parser.add_argument("--train", type=Path, default=MINI_DIR / "train.csv",
+                        help="training CSV (default: the shipped mini)")
+    parser.add_argument("--eval", type=Path, default=MINI_DIR / "dev.csv", help="dev CSV (default: the shipped mini)")
+    parser.add_argument("--rows", type=int, default=1000, help="training rows")
+    parser.add_argument("--eval-rows", type=int, default=100, help="dev rows evaluated")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved runs per side")
+    parser.add_argument("--ablation-repeats", type=int, default=1, help="runs per ablation row (0: no ablations)")
+    parser.add_argument("--batch", type=int, default=batch, help="global batch")
+    parser.add_argument("--max-source", type=int, default=max_source)
+    parser.add_argument("--max-target", type=int, default=max_target)
+    parser.add_argument("--beams", type=int, default=beams)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--min-new-tokens", type=int, default=8,
+                        help="a tiny model's best beam is otherwise often empty (ROUGE 0 on both sides)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", default="", help="keep models and outputs here (default: a temp dir)")
+
+
 def measure_in_child(script: str, case: tuple, name: str, *, timeout: int, threads: int) -> dict:
     """`script --child CASE` in a fresh process (MALLOC_MMAP_THRESHOLD_ pinned so freed tensors go back to the OS, as
     rss_rise needs): the JSON it prints last. `name` labels a failure."""
