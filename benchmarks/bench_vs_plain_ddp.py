@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = build_bench_model(work / f"model-{a.size}", size=a.size)
-        numbered = list(enumerate(ABLATIONS))
+        numbered = [(i, label, overrides) for i, (label, overrides) in enumerate(ABLATIONS)]
         runs, plan_text = interleaved_runs(work, a, "plain", lambda r: run_plain(work, model, a, r),
                                            lambda name, overrides: run_dialsum(work, model, a, name, overrides),
                                            numbered[-1:] if a.quick else numbered)
