@@ -120,17 +120,18 @@ def eval_seconds(timing: dict) -> float:
 
 
 def interleaved_runs(work: Path, a: argparse.Namespace, anchor: str, run_anchor, run_ours,
-                     ablations: list[tuple[int, str, dict]]) -> tuple[dict, str]:
+                     ablations: list[tuple[int, tuple[str, dict]]]) -> tuple[dict, str]:
     """`a.repeats` runs a side, interleaved (anchor, dialsum, anchor, ...) so a busy machine slows both alike, then
-    `a.ablation_repeats` runs of each (number, label, overrides) ablation row; each run is (seconds, its timing, launch
-    wall time). Returns them by side or label, and the plan dialsum printed for its first run."""
+    `a.ablation_repeats` runs of each ablation row, numbered (label, overrides) pairs as `enumerate` gives them; each
+    run is (seconds, its timing, launch wall time). Returns them by side or label, and the plan dialsum printed for its
+    first run."""
     runs: dict[str, list[tuple[float, dict, float]]] = {anchor: [], "dialsum": []}
     for r in range(a.repeats):
         for side in (anchor, "dialsum"):
             launched = time.time()
             took, timing = run_anchor(r) if side == anchor else run_ours(f"plan-{r}", {})
             runs[side].append((took, timing, launched))
-    for i, label, overrides in ablations:
+    for i, (label, overrides) in ablations:
         for r in range(a.ablation_repeats):
             launched = time.time()
             took, timing = run_ours(f"ablation-{i}-{r}", overrides)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(a.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = build_bench_model(work / f"model-{a.size}", size=a.size)
-        numbered = [(i, label, overrides) for i, (label, overrides) in enumerate(ABLATIONS)]
+        numbered = list(enumerate(ABLATIONS))
         runs, plan_text = interleaved_runs(work, a, "plain", lambda r: run_plain(work, model, a, r),
                                            lambda name, overrides: run_dialsum(work, model, a, name, overrides),
                                            numbered[-1:] if a.quick else numbered)

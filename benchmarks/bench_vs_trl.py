@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         model = bench_model(work, a.size)
         runs, plan_text = interleaved_runs(work, a, "trl", lambda r: run_trl(work, model, a, r),
                                            lambda name, overrides: run_dialsum(work, model, a, name, overrides),
-                                           [(i, label, o) for i, (label, o) in enumerate(ABLATIONS)])
+                                           list(enumerate(ABLATIONS)))
         report(a, runs, plan_text)
 
 
