@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from engine.allocator import set_mmap_threshold
 from engine.plan import Plan
 from engine.world import World
 
@@ -31,7 +32,8 @@ def plan_for_this_process(world: World, env: Mapping[str, str], config_files: Se
     tests/test_architecture.py): the ranks of an external launcher have no `dialsum launch` to plan for them. These
     ranks did not start with `plan.env` (`dialsum launch` starts its ranks with it): what is still read later is set
     now (DeepSpeed reads DS_ACCELERATOR at its import), and the rank's share of the cores goes to torch, which read
-    OMP_NUM_THREADS at its own import."""
+    OMP_NUM_THREADS at its own import, and glibc's mmap threshold to mallopt, glibc having read
+    MALLOC_MMAP_THRESHOLD_ at the process's start (engine/allocator.py)."""
     import os
 
     from launcher.external import plan_external_ranks
@@ -41,4 +43,6 @@ def plan_for_this_process(world: World, env: Mapping[str, str], config_files: Se
         os.environ.setdefault(name, value)
     if "OMP_NUM_THREADS" in plan.env:
         torch.set_num_threads(int(plan.env["OMP_NUM_THREADS"]))
+    if "MALLOC_MMAP_THRESHOLD_" in plan.env:  # the user's own value where they set one (launcher/planner.py)
+        set_mmap_threshold(int(plan.env["MALLOC_MMAP_THRESHOLD_"]))
     return plan

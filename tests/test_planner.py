@@ -180,6 +180,28 @@ def test_cpu_ranks_give_freed_activations_back_to_the_os(models):
     assert kept_mib(plan.env) < 20
 
 
+EXTERNAL_RANK = """
+import os, sys
+from engine.distributed import plan_for_this_process
+from engine.world import World
+plan = plan_for_this_process(World("single", 0, 0, 1, 1), dict(os.environ), [sys.argv[1]])
+assert plan.device == "cpu" and plan.env["MALLOC_MMAP_THRESHOLD_"] == str(2**20), plan.env
+""" + FREED_ACTIVATIONS
+
+
+def test_ranks_someone_else_started_give_freed_activations_back_too(tmp_path, tiny_model_dir, mini_data):
+    """srun / torchrun ranks start before the plan exists (glibc reads MALLOC_MMAP_THRESHOLD_ at start-up only):
+    the plan's threshold reaches their allocator all the same."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train_file: {mini_data['train_csv']}}}\n"
+                      f"experiment: {{output_root: {tmp_path / 'out'}}}\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "CUDA_"))}
+    out = subprocess.run([sys.executable, "-c", EXTERNAL_RANK, str(config)], env={**clean, "CUDA_VISIBLE_DEVICES": ""},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 20
+
+
 def test_cpu_only_plans_fp32_on_gloo(models):
     plan = plan_for(models["bart-base"], "cpu-only")
     assert_consistent(plan)
