@@ -41,6 +41,8 @@ SETUPS = {"1x RTX 4090": ("rtx4090x4-pcie", 1), "1x H100": ("h100x1", None), "8x
           "2x8 H100": ("h100x8-2nodes", None)}
 STATIC_GB_PER_B = {"full": 18.0, "lora": 2.0, "qlora": 0.5}   # LLaMA-Factory's README table
 AXOLOTL_8B = {"full": "60-80 GB", "lora": "16-24 GB", "qlora": "10-14 GB"}
+# PEFT's DeepSpeed guide, Llama-70B (sequence length, batch and packing not all stated: shown, not scored)
+PEFT_70B = ["LoRA, ZeRO-3 (zero.Init), 8x H100: 64 GB per GPU", "QLoRA, ZeRO-3, 2x 40 GB: 36.6 GB per GPU"]
 
 
 def config(model: str, method: str, *, source: int, target: int, global_batch: int, lora: dict | None = None,
@@ -104,7 +106,8 @@ def main() -> None:
     print_report("Plans (global batch 16; predicted peak per GPU incl. 1 GiB CUDA context)",
                  ["model", "GPUs", "method", "tokens", "dialsum plan", "predicted", "smallest need (no fit)"], grid(),
                  notes=[f"LLaMA-Factory's table, any length and batch: {m} {', '.join(f'{k} {v * STATIC_GB_PER_B[m]:.0f} GB' for k, v in params.items())}"
-                        for m in STATIC_GB_PER_B] + [f"axolotl, 8B: {m} {v}" for m, v in AXOLOTL_8B.items()])
+                        for m in STATIC_GB_PER_B] + [f"axolotl, 8B: {m} {v}" for m, v in AXOLOTL_8B.items()]
+                       + [f"PEFT's docs, Llama-70B: {figure}" for figure in PEFT_70B])
 
 
 if __name__ == "__main__":

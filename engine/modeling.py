@@ -6,6 +6,7 @@ added as special tokens at load time and `decode_summaries` removes only the mod
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.data import PLACEHOLDER_RE
@@ -69,6 +70,29 @@ def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
         tokenizer.pad_token = tokenizer.eos_token
     add_speaker_tokens(tokenizer, extra_special_tokens)
     return tokenizer
+
+
+@contextmanager
+def partitioned_loading(deepspeed_config: dict | None, world_size: int):
+    """Under ZeRO-3 on more than one rank, `from_pretrained` inside DeepSpeed's zero.Init: every parameter is made as
+    its 1/world partition, and transformers reads the checkpoint on rank 0 alone, so no rank holds the whole model
+    (without it each of a node's ranks loads all of it first: a 70B model's bf16 weights on each of 8 GPUs' host
+    processes). transformers obeys a live HfDeepSpeedConfig, held here only while the model loads; the Trainer's own
+    takes over when its arguments are built. Not for a quantized base (transformers then skips zero.Init itself)."""
+    stage = (deepspeed_config or {}).get("zero_optimization", {}).get("stage", 0)
+    if stage != 3 or world_size < 2:
+        yield
+        return
+    import deepspeed
+    import torch
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())  # adopts the torch group: its world
+    ds_config = HfDeepSpeedConfig(deepspeed_config)  # transformers keeps a weak reference: alive for the block
+    try:
+        yield
+    finally:
+        del ds_config
 
 
 def load_model(model_cfg: ModelConfig, tokenizer, task, quantization=None, dtype=None):

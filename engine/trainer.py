@@ -45,7 +45,7 @@ from engine.datasets import Datasets, prepare_datasets
 from engine.distributed import is_distributed
 from engine.environment import collect_environment, git_commit
 from engine.errors import UserError
-from engine.modeling import decode_summaries, load_model
+from engine.modeling import decode_summaries, load_model, partitioned_loading
 from engine.plan import PREEMPTED_EXIT_CODE, Plan, run_dir
 from engine.recorder import make_recorder
 from engine.redact import redact
@@ -196,15 +196,23 @@ class DialogueSummarizationTrainer:
 
     def _load_model(self):
         """The task's model; with adapters (training.method lora/dora/qlora) the frozen base, quantized for QLoRA,
-        wrapped by PEFT. Seeded first: the speaker tags' new embedding rows and the adapters start random, and a
-        rerun (or a resumed run's uninterrupted twin) must start from the same weights."""
+        wrapped by PEFT; under ZeRO-3 on several ranks, built partitioned (engine.modeling.partitioned_loading).
+        Seeded first: the speaker tags' new embedding rows and the adapters start random, and a rerun (or a resumed
+        run's uninterrupted twin) must start from the same weights."""
         from transformers import set_seed
 
         set_seed(self.cfg.experiment.seed)
-        model = load_model(self.cfg.model, self.tokenizer, self.task, quantization_config(self.cfg),
-                           dtype=base_dtype(self.cfg, self.plan.precision))
-        if uses_adapters(self.cfg):
-            model = adapt(model, self.cfg, self.task.name, self.tokenizer, self.plan.gradient_checkpointing)
+        quantization = quantization_config(self.cfg)
+        # not for QLoRA (transformers skips zero.Init for a quantized base), nor adapters on CPU ranks: PEFT's ZeRO-3
+        # set-up of trainable token rows (the speaker tags) is CUDA-only
+        partition = self.plan.use_deepspeed and quantization is None and (
+            self.plan.device == "cuda" or not uses_adapters(self.cfg))
+        ds_config = self.plan.deepspeed_config if partition else None
+        with partitioned_loading(ds_config, self.plan.world_size):  # PEFT sees the partitioned base for what it is
+            model = load_model(self.cfg.model, self.tokenizer, self.task, quantization,
+                               dtype=base_dtype(self.cfg, self.plan.precision))
+            if uses_adapters(self.cfg):
+                model = adapt(model, self.cfg, self.task.name, self.tokenizer, self.plan.gradient_checkpointing)
         return model
 
     def _build_trainer(self, datasets: Datasets, recorder, preemption: PreemptionCallback):
@@ -295,8 +303,9 @@ class DialogueSummarizationTrainer:
             logging_nan_inf_filter=False,  # the anomaly detector must see a NaN loss, not a filtered one
             dataloader_num_workers=plan.dataloader_num_workers,
             train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
-            # BART's forward takes **kwargs, so the Trainer would rescale the loss by world size (13.85 vs 6.92 on 2 ranks).
-            average_tokens_across_devices=False,
+            # the causal loss is the step's token mean over every rank (the ranks' token counts summed each step);
+            # a seq2seq model's is its own mean (with True the Trainer rescaled BART's loss by world size: 13.85 vs 6.92)
+            average_tokens_across_devices=self.task.token_mean_across_ranks,
             ddp_find_unused_parameters=plan.find_unused_parameters,
             disable_tqdm=self.rank != 0,
             save_only_model=False,

@@ -361,22 +361,29 @@ def frozen_base_bytes(spec: ModelSpec, adapters: AdapterSpec, precision: str) ->
 
 def cpu_bytes_per_node(spec: ModelSpec, *, stage: int, gpus_per_node: int, nnodes: int,
                        offload_optimizer: bool = False, offload_params: bool = False,
-                       adapters: AdapterSpec | None = None, precision: str = "fp32") -> int:
-    """Host RAM per node for a GPU plan, DeepSpeed's `cpu_mem` estimate (zero_init off: every rank first loads the
-    full fp32 model on the CPU, from_pretrained without zero.Init). With adapters every rank loads the frozen base in
-    its compute precision, and only the adapters' optimizer states (16 bytes each) can be offloaded, besides the
-    frozen base itself under ZeRO-3 parameter offload."""
+                       adapters: AdapterSpec | None = None, precision: str = "fp32", zero_init: bool = False) -> int:
+    """Host RAM per node for a GPU plan, DeepSpeed's `cpu_mem` estimate. Without `zero_init` every rank first loads
+    the full fp32 model on the CPU (from_pretrained outside zero.Init); with it (ZeRO-3 on several ranks: the engine
+    loads inside zero.Init, engine.modeling.partitioned_loading) a rank materialises one layer at a time, DeepSpeed's
+    `zero_init=True` case, and only offloaded states stay on the host (transformers maps the checkpoint files on rank
+    0: page cache, not counted). With adapters every rank loads the frozen base in its compute precision (or, under
+    zero.Init, its largest layer), and only the adapters' optimizer states (16 bytes each) can be offloaded, besides
+    the frozen base itself under ZeRO-3 parameter offload."""
+    zero_init = zero_init and stage == 3
     if adapters is not None:
         frozen = frozen_base_bytes(spec, adapters, precision)
         offloaded = (16 * adapter_params(spec, adapters) if offload_optimizer else 0) + (
             frozen // nnodes if offload_params else 0)
-        return int(max(frozen * gpus_per_node, offloaded) * DS_BUFFER_FACTOR)
+        loading = spec.largest_layer_params * element_bytes(precision) if zero_init else frozen
+        return int(max(loading * gpus_per_node, offloaded) * DS_BUFFER_FACTOR)
     psi, total = spec.params, gpus_per_node * nnodes
     if stage in (1, 2) and offload_optimizer:
         return int(psi * max(4 * total, 16) * DS_BUFFER_FACTOR)
     if stage == 3 and offload_optimizer:
         per_node = (18 if offload_params else 16) / nnodes
-        return int(psi * max(4 * gpus_per_node, per_node) * DS_BUFFER_FACTOR)
+        return int(psi * (per_node if zero_init else max(4 * gpus_per_node, per_node)) * DS_BUFFER_FACTOR)
+    if zero_init:
+        return int(spec.largest_layer_params * 4 * gpus_per_node * DS_BUFFER_FACTOR)
     return int(psi * 4 * gpus_per_node * DS_BUFFER_FACTOR)
 
 

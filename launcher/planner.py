@@ -116,7 +116,7 @@ class Setting:
         cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
             spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
             offload_optimizer=c.offload_optimizer, offload_params=c.offload_params, adapters=self.adapters,
-            precision=self.precision)
+            precision=self.precision, zero_init=self.world > 1 and self.method != "qlora")
         return Footprint(states, acts, overhead_bytes(spec, device=self.device, stage=c.zero_stage,
                                                       precision=self.precision), cpu, self.correction)
 
@@ -242,8 +242,9 @@ def _too_big(setting: Setting, par: ParallelConfig, candidates: list[Candidate],
                  f"({gib(setting.device_bytes)} x {headroom})")
     else:
         short = (f"needs {gib(need.cpu_per_node)} host RAM per node, {gib(need.cpu_per_node - setting.cpu_budget)} "
-                 f"over the {gib(setting.cpu_budget)} budget (each of the {setting.nproc} ranks loads the full fp32 "
-                 "model before DeepSpeed partitions it; offloaded states live there too)")
+                 f"over the {gib(setting.cpu_budget)} budget (each of the {setting.nproc} ranks loads the whole model "
+                 "on the host first, unless ZeRO-3 on several ranks builds it partitioned; offloaded states live "
+                 "there too)")
     pins = [f"{k}={getattr(par, k)}" for k in ("zero_stage", "offload_optimizer", "offload_params",
                                                "gradient_checkpointing", "micro_batch_size")
             if getattr(par, k) is not None]

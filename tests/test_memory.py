@@ -125,16 +125,19 @@ def test_zero2_matches_deepspeed_estimator(params, gpus_per_node, nodes, offload
 @pytest.mark.parametrize("params,largest,gpus_per_node,nodes", [
     (7.5e9, 131e6, 8, 8), (406e6, 51.5e6, 1, 1), (2.85e9, 32.9e6, 4, 1), (88.8e9, 263e6, 8, 2)])
 @pytest.mark.parametrize("offload_optimizer,offload_params", [(False, False), (True, False), (True, True)])
-def test_zero3_matches_deepspeed_estimator(params, largest, gpus_per_node, nodes, offload_optimizer, offload_params):
+@pytest.mark.parametrize("zero_init", [False, True])
+def test_zero3_matches_deepspeed_estimator(params, largest, gpus_per_node, nodes, offload_optimizer, offload_params,
+                                           zero_init):
     spec = ModelSpec(model_type="x", params=int(params), largest_layer_params=int(largest))
     cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
         int(params), int(largest), gpus_per_node, nodes, cpu_offload=offload_optimizer,
-        cpu_offload_params=offload_params, zero_init=False)
+        cpu_offload_params=offload_params, zero_init=zero_init)
     ours = model_state_bytes(spec, stage=3, world_size=gpus_per_node * nodes, precision="bf16",
                              offload_optimizer=offload_optimizer, offload_params=offload_params)
     assert ours == pytest.approx(gpu, rel=0.01)
     ours_cpu = cpu_bytes_per_node(spec, stage=3, gpus_per_node=gpus_per_node, nnodes=nodes,
-                                  offload_optimizer=offload_optimizer, offload_params=offload_params)
+                                  offload_optimizer=offload_optimizer, offload_params=offload_params,
+                                  zero_init=zero_init)
     assert ours_cpu == pytest.approx(cpu, rel=0.01)
 
 

@@ -203,3 +203,59 @@ def test_forward_backward_and_generate(mini_data, tiny_model_dir):
                              num_beams=2)
     summaries = decode_summaries(tok, out)
     assert len(summaries) == 4 and all(isinstance(s, str) for s in summaries)
+
+
+ZERO3_LOAD = """
+import json, sys
+import deepspeed, torch, torch.distributed as dist
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+from transformers.integrations import is_deepspeed_zero3_enabled
+from engine.modeling import load_model, partitioned_loading
+from engine.schema import ModelConfig
+from engine.tasks import get_task
+
+dist.init_process_group("gloo")
+model_dir, out = sys.argv[1], sys.argv[2]
+ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+      "zero_optimization": {"stage": 3}}
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+with partitioned_loading(ds, dist.get_world_size()):
+    model = load_model(ModelConfig(name_or_path=model_dir), tokenizer, get_task("causal"))
+    inside = is_deepspeed_zero3_enabled()
+saved = load_file(f"{model_dir}/model.safetensors")
+name = next(k for k in saved if k.endswith("mlp.down_proj.weight"))
+param = dict(model.named_parameters())[name]
+with deepspeed.zero.GatheredParameters([param]):
+    same = bool(torch.equal(param.data, saved[name].to(param.dtype)))
+json.dump({"local": sum(p.ds_tensor.numel() for p in model.parameters()),
+           "full": sum(p.ds_numel for p in model.parameters()), "saved": sum(t.numel() for t in saved.values()),
+           "same": same, "inside": inside, "after": is_deepspeed_zero3_enabled()},
+          open(f"{out}/rank{dist.get_rank()}.json", "w"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_zero3_ranks_load_their_partition_of_the_checkpoint(tmp_path, tiny_llama_dir):
+    """Under ZeRO-3 each rank builds only its half of the parameters (zero.Init), and a weight gathered on either rank
+    is the checkpoint's (rank 0 read the file, rank 1 got it from rank 0); the ZeRO-3 setting ends with the load."""
+    import json
+    import os
+    import sys
+
+    from launch_helpers import run_processes
+
+    script = tmp_path / "load.py"
+    script.write_text(ZERO3_LOAD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+    [done] = run_processes([[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tiny_llama_dir), str(tmp_path)]], 300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["full"] == r["saved"]  # every checkpoint tensor, as its partition
+        assert r["local"] <= r["full"] // 2 + 1024, "a rank holds its half, not the model"
+        assert r["same"] and r["inside"] and not r["after"]
+    assert ranks[0]["local"] + ranks[1]["local"] >= ranks[0]["full"]

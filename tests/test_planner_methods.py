@@ -99,6 +99,20 @@ def test_auto_takes_full_fine_tuning_where_it_fits_and_adapters_where_it_does_no
     assert eight_a100.memory["trainable_params"] == eight_a100.memory["params"]
 
 
+def test_zero3_on_several_gpus_loads_partitioned_so_a_70b_lora_fits_one_node():
+    """Llama-3.1-70B LoRA on 8 x A100-40GB (1 TiB host RAM): each rank loading the 141 GB bf16 base first would need
+    1.1 TB of host RAM per node; inside zero.Init (engine.modeling.partitioned_loading) a rank builds one layer at a
+    time, so ZeRO-3 fits, as PEFT's guide runs 70B LoRA on 8 GPUs. One GPU (ZeRO-3 does not load partitioned there)
+    still counts the whole base on the host."""
+    seventy = str(FIXTURES / "model_configs" / "llama-3.1-70b")
+    plan = _plan(seventy, "a100x8-nvlink", method="lora", global_batch=16)
+    assert plan.zero_stage == 3 and not plan.offload_params
+    spec = model_spec(seventy)
+    assert plan.memory["cpu_bytes_per_node"] < 2 * spec.params / 4   # not even a quarter of the bf16 base
+    one = _plan(seventy, "h100x1", method="lora", global_batch=16)
+    assert one.memory["cpu_bytes_per_node"] > 2 * spec.params        # the whole bf16 base, and then some
+
+
 def test_past_runs_correct_only_plans_of_their_own_method(tmp_path, monkeypatch):
     """A LoRA run that measured 3x its prediction corrects the next LoRA plan of the model, not a full one."""
     from engine.store import Tracker, open_store
