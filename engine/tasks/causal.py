@@ -205,7 +205,10 @@ class CausalTrainer(OOMBackoffTrainer):
             self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Cross-entropy over the completion tokens, from the logits of the last `logits_to_keep` positions."""
+        """Cross-entropy over the completion tokens, from the logits of the last `logits_to_keep` positions. In
+        training, a token mean over the whole optimizer step (`num_items_in_batch`: every rank's completion tokens
+        of every accumulated micro-batch, so a long summary weighs by its tokens, as in TRL and transformers' own
+        losses; times the ranks, whose gradients DDP and DeepSpeed average); alone (evaluation), the batch's mean."""
         inputs = dict(inputs)
         labels, keep = inputs.pop("labels"), inputs.pop("logits_to_keep")
         if self._keeps_logits:
@@ -216,7 +219,11 @@ class CausalTrainer(OOMBackoffTrainer):
             logits = outputs.logits[:, -keep:]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1),
                                                  labels[:, -(keep - 1):].flatten(), ignore_index=-100,
-                                                 label_smoothing=self.args.label_smoothing_factor)
+                                                 label_smoothing=self.args.label_smoothing_factor,
+                                                 reduction="mean" if num_items_in_batch is None else "sum")
+        if num_items_in_batch is not None:
+            ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+            loss = loss / num_items_in_batch * ranks
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
@@ -237,6 +244,7 @@ class CausalTrainer(OOMBackoffTrainer):
 
 class CausalTask:
     name = "causal"
+    token_mean_across_ranks = True  # CausalTrainer.compute_loss: the step's token mean over every rank
 
     def model_class(self):
         from transformers import AutoModelForCausalLM
@@ -250,9 +258,9 @@ class CausalTask:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = stop_ids(tokenizer)
-        # compute_loss returns the mean over the micro-batch's completion tokens: the Trainer then divides by the
-        # accumulation steps (with its default guess, True for these **kwargs forwards, it would not)
-        model.accepts_loss_kwargs = False
+        # CausalTrainer.compute_loss normalises by `num_items_in_batch` (the step's completion tokens, over its
+        # accumulated micro-batches and every rank), so the Trainer counts them and does not divide by accumulation
+        model.accepts_loss_kwargs = True
 
     def encoder(self, cfg: DialsumConfig, tokenizer) -> CausalEncoder:
         d = cfg.data

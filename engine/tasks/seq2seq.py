@@ -37,6 +37,7 @@ class Seq2SeqEncoder:
 
 class Seq2SeqTask:
     name = "seq2seq"
+    token_mean_across_ranks = False  # the model's own loss: each micro-batch's mean
 
     def model_class(self):
         from transformers import AutoModelForSeq2SeqLM
