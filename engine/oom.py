@@ -77,22 +77,33 @@ class OOMBackoffTrainer(SequentialEvaluation, Seq2SeqTrainer):
         self.recorder = recorder
         self.splits = 1  # chunks per micro-batch; doubles at each agreed OOM
         self.gather_for_generation, self.sample_seed = gather_for_generation, sample_seed
+        self._gathered = None  # the whole model while an evaluation holds it (evaluation_loop)
 
     # -- evaluation by generation (every task) --------------------------------------------------------------------
     @contextlib.contextmanager
     def generation_model(self):
-        """The model an evaluation generates with. Under ZeRO-3 every generated token would all-gather every layer
-        again; where the plan found the whole model fits one rank for inference (`plan.gather_for_generation`), it is
-        gathered once for the pass instead (TRL's `unwrap_model_for_generation`: DeepSpeed's hooks off meanwhile).
-        Sampling draws from `sample_seed` (generation.do_sample), the training's random state kept."""
+        """The model a batch of an evaluation generates with: the whole model the evaluation gathered (see
+        `evaluation_loop`), else the model as trained. Sampling draws from `sample_seed` (generation.do_sample), the
+        training's random state kept."""
         with seeded(self.sample_seed):
-            if self.gather_for_generation and self._zero3():
-                from trl.models import unwrap_model_for_generation
+            yield self._gathered if self._gathered is not None else self.model
 
-                with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
-                    yield model
-            else:
-                yield self.model
+    def evaluation_loop(self, *args, **kwargs):
+        """Under ZeRO-3 every generated token would all-gather every layer again; where the plan found the whole model
+        fits one rank for inference (`plan.gather_for_generation`), it is gathered once for the whole evaluation
+        (TRL's `unwrap_model_for_generation`: DeepSpeed's hooks off meanwhile), not once per batch: at 128 dev rows of
+        a mini Llama on 2 CPU ranks, 1.13x plain DDP's evaluation time, against 1.68x gathering for each of a rank's 8
+        batches (benchmarks/bench_zero3_eval.py)."""
+        if not (self.gather_for_generation and self._zero3()):
+            return super().evaluation_loop(*args, **kwargs)
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
+            self._gathered = model
+            try:
+                return super().evaluation_loop(*args, **kwargs)
+            finally:
+                self._gathered = None
 
     def synced_generation(self) -> dict[str, bool]:
         """Under ZeRO-3 with per-layer gathers, a rank whose rows have finished keeps stepping so that its peers'
