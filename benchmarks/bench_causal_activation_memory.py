@@ -24,16 +24,19 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures" / "model_configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_activation_memory_cpu.json"
 LAYERS = 2
 LORA = {"method": "lora", "r": 16, "targets": ["all-linear"], "dropout": 0.05}
-# (model, method, precision, prompt/summary, checkpointing). fp32 only: bf16 backward on this CPU (no bf16 matrix
-# instructions) took over 80 s for a 320-token step of 2-layer Qwen2.5-0.5B; bf16 is checked against the trace
-# (tests/test_memory_causal.py). Full fine-tuning of Gemma-2-2B / Qwen3-4B left out: three fp32 V x h embedding
-# gradients (tied) beside the weights pass what a shared 24 GiB machine spares.
+# (model, method, precision, prompt/summary, checkpointing). Full fine-tuning of Gemma-2-2B / Qwen3-4B in fp32 left
+# out: three fp32 V x h embedding gradients (tied) beside the weights pass what a shared 24 GiB machine spares. A bf16
+# case takes 30-60 s on an AVX-512-bf16 CPU.
 GRID = [
     *[(m, meth, "fp32", "1024/256", False) for m in ("qwen2.5-0.5b", "llama-3.2-1b", "gemma-2-2b", "qwen3-4b",
                                                       "polyglot-ko-5.8b")
       for meth in ("full", "lora") if not (meth == "full" and m in ("gemma-2-2b", "qwen3-4b"))],
     ("qwen2.5-0.5b", "lora", "fp32", "2048/256", False), ("polyglot-ko-5.8b", "lora", "fp32", "2048/256", True),
     ("polyglot-ko-5.8b", "full", "fp32", "1024/256", True),
+    ("qwen2.5-0.5b", "full", "bf16", "1024/256", False), ("qwen2.5-0.5b", "lora", "bf16", "1024/256", False),
+    ("llama-3.2-1b", "lora", "bf16", "1024/256", False), ("llama-3.2-1b", "full", "bf16", "2048/256", True),
+    ("gemma-2-2b", "lora", "bf16", "1024/256", False), ("polyglot-ko-5.8b", "lora", "bf16", "2048/256", True),
+    ("qwen3-4b", "lora", "bf16", "1024/256", True),
 ]
 QUICK = [("qwen2.5-0.5b", "lora", "fp32", "256/64", False), ("qwen2.5-0.5b", "full", "fp32", "256/64", True)]
 
