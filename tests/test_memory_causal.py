@@ -97,3 +97,35 @@ def test_causal_predictions_move_the_right_way(repo_root):
                              **kw)
     assert qlora - lora == 2 * 4096 * 14336   # one dequantized bf16 MLP weight
     assert generation_bytes(spec, rows=4, source_length=1024, target_length=256, precision="bf16", device="cpu") > 0
+
+
+def test_a_cpu_16_bit_bmm_copies_an_expanded_operand_and_the_trace_counts_it():
+    """The logits of a frozen LM head (adapters): torch's matmul runs a bmm over the weight expanded to the batch. On
+    CPU in bf16 the kernel first copies that non-contiguous view (torch's profiler: the step's largest allocation for
+    Qwen3-4B LoRA), which fake tensors cannot show; the trace adds it, and counts nothing for a contiguous bmm."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.profiler import ProfilerActivity, profile
+
+    from launcher.memory_trace import PeakBytes
+
+    def real_peak(weight_view) -> int:
+        hidden = torch.randn(1, 16, 1024, dtype=torch.bfloat16)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            torch.bmm(hidden, weight_view)
+        live = peak = 0
+        for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                        key=lambda e: e.start_ns()):
+            live += e.nbytes()
+            peak = max(peak, live)
+        return peak
+
+    weight = torch.randn(4096, 1024, dtype=torch.bfloat16)            # V x h
+    output, copy = 16 * 4096 * 2, 4096 * 1024 * 2
+    assert real_peak(weight.t().expand(1, -1, -1)) >= output + copy    # the kernel copies the expanded view
+    assert real_peak(weight.t().contiguous()[None]) < copy / 4         # a contiguous operand: the output only
+    with FakeTensorMode():
+        hidden, fake_weight = torch.randn(1, 16, 1024, dtype=torch.bfloat16), torch.randn(4096, 1024, dtype=torch.bfloat16)
+        with PeakBytes([hidden, fake_weight]) as counter:
+            torch.bmm(hidden, fake_weight.t().expand(1, -1, -1))
+    assert counter.peak == output + copy
