@@ -97,8 +97,8 @@ def _backward_transient(spec: ModelSpec, w: int, tokens: int, frozen: bool) -> i
     gradients form; with adapters under 16 bits, the fp32 gradient of the widest adapter's input (PEFT keeps the
     adapters in fp32). Fitted to Polyglot-Ko-5.8B: LoRA fp32 measured 2 f-wide gradients, full with checkpointing 3."""
     f = spec.ffn_size
-    kept = ((3 if spec.gated_ffn else 2) + (0 if frozen else 1)) * f * w
-    return (kept + (4 * f if frozen and w == 2 else 0)) * tokens
+    gradients = ((3 if spec.gated_ffn else 2) + (0 if frozen else 1)) * f * w
+    return (gradients + (4 * f if frozen and w == 2 else 0)) * tokens
 
 
 def cpu_head_copy(spec: ModelSpec, precision: str, device: str, frozen: bool) -> int:
