@@ -100,3 +100,23 @@ def test_pretrained_model_learns_dialogue_dependent_summaries_where_random_weigh
     assert len(set(pretrained)) >= 15, pretrained
     assert len(set(scratch)) <= 3, scratch
 
+
+
+def test_causal_denoising_supervises_the_rebuilt_window_only_and_lowers_its_loss(pretrain_script, mini_data, capsys):
+    """`--arch llama`: the prompt (template + corrupted window) is masked from the loss, the assistant turn (the window
+    itself and the turn's end) is supervised, and pretraining lowers that loss."""
+    spec = SIZES["tiny"]
+    model, tokenizer = build_from_data(mini_data["train_csv"], spec, spec.vocab_size, seed=0, arch="llama")
+    objective = pretrain_script.CausalDenoising(tokenizer)
+    window = tokenizer("#Person1#: Hello, how are you today?", add_special_tokens=False)["input_ids"]
+    batch = objective.batch([window, window[:4]], random.Random(0))
+    supervised = [t for t in batch["labels"][0].tolist() if t != -100]
+    parts = objective.parts
+    assert supervised == parts.lead + window + parts.end
+    short = batch["attention_mask"][1]
+    assert short.sum() < short.numel() and short[0] == 0 and batch["position_ids"][1][-1] == short.sum() - 1
+
+    dialogues = [d.dialogue for d in read_dialogues(mini_data["train_csv"], require_summary=False)][:200]
+    last = pretrain_script.pretrain(model, tokenizer, dialogues, steps=60, batch=8, lr=2e-3, seed=0, log_every=10)
+    first = float(next(l for l in capsys.readouterr().out.splitlines() if "loss " in l).split("loss ")[1])
+    assert last < first - 1.0, (first, last)
