@@ -101,7 +101,6 @@ def test_pretrained_model_learns_dialogue_dependent_summaries_where_random_weigh
     assert len(set(scratch)) <= 3, scratch
 
 
-
 def test_causal_denoising_supervises_the_rebuilt_window_only_and_lowers_its_loss(pretrain_script, mini_data, capsys):
     """`--arch llama`: the prompt (template + corrupted window) is masked from the loss, the assistant turn (the window
     itself and the turn's end) is supervised, and pretraining lowers that loss."""
