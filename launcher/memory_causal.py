@@ -103,11 +103,18 @@ def _backward_transient(spec: ModelSpec, w: int, tokens: int, frozen: bool) -> i
 
 def cpu_head_copy(spec: ModelSpec, precision: str, device: str, frozen: bool) -> int:
     """Bytes of the copy of the LM head's V x h weight that the logits' matmul makes on CPU in 16 bits when the head
-    is frozen (adapters): torch's matmul then runs a bmm over an expanded view of the weight, and the CPU kernel
-    copies that view (launcher/memory_trace.py counts the same copy in the trace). Measured: Llama-3.2-1B, Gemma-2-2B
-    and Qwen3-4B LoRA in bf16 were -13.7%, -15.4% and -35.1% without it."""
+    is frozen (adapters) and this machine's bmm copies a strided operand (`bmm_copies_strided_operand`): torch's
+    matmul then runs a bmm over an expanded view of the weight (launcher/memory_trace.py counts the same copy in the
+    trace). Measured on an AVX-512 bf16 CPU: Llama-3.2-1B, Gemma-2-2B and Qwen3-4B LoRA in bf16 were -13.7%, -15.4%
+    and -35.1% without it."""
     w = element_bytes(precision)
-    return spec.vocab_size * spec.hidden_size * w if device == "cpu" and w == 2 and frozen else 0
+    if device != "cpu" or w != 2 or not frozen:
+        return 0
+    import torch
+
+    from launcher.cpu_kernels import bmm_copies_strided_operand
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return spec.vocab_size * spec.hidden_size * w if bmm_copies_strided_operand(dtype) else 0
 
 
 def activation_bytes(spec: ModelSpec, *, micro_batch: int, source_length: int, target_length: int, precision: str,

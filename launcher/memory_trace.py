@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from engine.tasks import task_of_config
+from launcher.cpu_kernels import bmm_copies_strided_operand
 from launcher.memory_estimate import AdapterSpec, build_model
 
 TRACE_FULL_LAYERS = 24  # trace the whole model up to this many layers; beyond, trace 2-3 layer copies and scale
@@ -52,10 +53,10 @@ class PeakBytes(TorchDispatchMode):
 
 def _cpu_bmm_copies(args) -> int:
     """What a CPU bmm in 16 bits copies besides its output, which fake tensors (no kernel runs) do not show: every
-    non-contiguous operand, made contiguous inside the kernel (a frozen LM head's weight, expanded for a batch of
-    logits: a 742 MiB `aten::clone` under `aten::bmm` for Qwen3-4B in torch's profiler; fp32 bmm reads the strides)."""
+    non-contiguous operand, where this machine's kernel makes it contiguous first (`bmm_copies_strided_operand`)."""
     return sum(a.numel() * a.element_size() for a in args[:2]
-               if a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and not a.is_contiguous())
+               if a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and not a.is_contiguous()
+               and bmm_copies_strided_operand(a.dtype))
 
 
 def fake_training_step(hf_config, raw_config: Mapping, *, micro_batch: int, source_length: int, target_length: int,
