@@ -97,6 +97,8 @@ def test_auto_takes_full_fine_tuning_where_it_fits_and_adapters_where_it_does_no
     assert eight_a100.method == "full" and eight_a100.config["training"]["method"] == "full"
     assert eight_a100.reasons["method"].startswith("full: auto; full fine-tuning fits")
     assert eight_a100.memory["trainable_params"] == eight_a100.memory["params"]
+    grouping = eight_a100.reasons["group_by_length"]   # a decoder-only sample is its prompt and summary in one sequence
+    assert "similar prompt + summary length" in grouping and "encoder tokens" not in grouping
 
 
 def test_zero3_on_several_gpus_loads_partitioned_so_a_70b_lora_fits_one_node():
