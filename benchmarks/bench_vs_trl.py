@@ -81,10 +81,9 @@ def run_dialsum(work: Path, model: Path, a: argparse.Namespace, name: str, overr
 
 def bench_model(work: Path, size: str) -> Path:
     """The shipped pre-trained mini Llama with the speaker tags baked in, or a fresh init-model Llama of `size`."""
-    if size == "pretrained" and PRETRAINED.is_dir():
+    if size == "pretrained":
         return build_bench_model(work / "model-pretrained", base=PRETRAINED)
-    return build_bench_model(work / f"model-llama-{size}", size="mini" if size == "pretrained" else size,
-                             arch="llama")
+    return build_bench_model(work / f"model-llama-{size}", size=size, arch="llama")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         a.size, a.steps, a.rows, a.eval_rows, a.repeats, a.ablation_repeats, a.batch = "tiny", 6, 64, 8, 1, 0, 8
         a.max_source, a.max_target, a.max_new_tokens, a.min_new_tokens = 128, 32, 8, 4
     a.train, a.eval = a.train.resolve(), a.eval.resolve()
+    if a.size == "pretrained" and not PRETRAINED.is_dir():   # the report names the model that really ran
+        print(f"{PRETRAINED.relative_to(REPO_ROOT)} is not shipped: a random-weight init-model mini Llama instead")
+        a.size = "mini"
 
     with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as tmp:
         work = Path(a.workdir or tmp)
