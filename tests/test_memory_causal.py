@@ -107,22 +107,14 @@ def test_the_trace_counts_what_this_machines_16_bit_bmm_allocates_for_an_expande
     and the formula's head copy must follow the same answer."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.profiler import ProfilerActivity, profile
 
-    from launcher.cpu_kernels import bmm_copies_strided_operand
+    from launcher.cpu_kernels import bmm_copies_strided_operand, profiled_peak_bytes
     from launcher.memory_causal import cpu_head_copy
     from launcher.memory_trace import PeakBytes
 
     def real_peak(weight_view) -> int:
         hidden = torch.randn(1, 16, 1024, dtype=torch.bfloat16)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            torch.bmm(hidden, weight_view)
-        live = peak = 0
-        for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                        key=lambda e: e.start_ns()):
-            live += e.nbytes()
-            peak = max(peak, live)
-        return peak
+        return profiled_peak_bytes(lambda: torch.bmm(hidden, weight_view))
 
     def traced_peak(expanded: bool) -> int:
         with FakeTensorMode():
