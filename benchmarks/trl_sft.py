@@ -35,17 +35,29 @@ def user_turn(instruction: str, row: dict) -> list[dict]:
     return [{"role": "user", "content": f"{instruction}\n\n{row['dialogue'].strip()}"}]
 
 
-def generate_summaries(model, tokenizer, prompts: list[list[dict]], a: argparse.Namespace) -> list[str]:
+def prompt_ids(tokenizer, instruction: str, row: dict, max_source: int) -> list[int]:
+    """The generation prompt in at most `max_source` tokens, cut inside the dialogue (its end dropped) so that the
+    template's end, the assistant header, stays: as dialsum's encoder cuts. The tokenizer's own truncation would cut
+    that header off every prompt longer than `max_source` (26 of the first 100 dev rows at 256), and the model would
+    go on writing the dialogue instead of a summary."""
+    dialogue = tokenizer(row["dialogue"].strip(), add_special_tokens=False)["input_ids"]
+    while True:
+        text = tokenizer.apply_chat_template(user_turn(instruction, {"dialogue": tokenizer.decode(dialogue)}),
+                                             tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_source:
+            return ids
+        dialogue = dialogue[:len(dialogue) - (len(ids) - max_source)]
+
+
+def generate_summaries(model, tokenizer, prompts: list[list[int]], a: argparse.Namespace) -> list[str]:
     from engine.modeling import decode_summaries
 
     tokenizer.padding_side = "left"
     model.eval()
     summaries = []
     for start in range(0, len(prompts), EVAL_BATCH):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[start:start + EVAL_BATCH]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                          max_length=a.max_source, truncation=True)
+        batch = tokenizer.pad({"input_ids": prompts[start:start + EVAL_BATCH]}, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**batch, num_beams=a.beams, max_new_tokens=a.max_new_tokens,
                                  min_new_tokens=a.min_new_tokens, do_sample=False,
@@ -83,7 +95,8 @@ def main() -> None:
 
         dev = read_rows(a.eval, a.eval_rows)
         started = time.time()
-        summaries = generate_summaries(trainer.model, tokenizer, [user_turn(a.instruction, r) for r in dev], a)
+        prompts = [prompt_ids(tokenizer, a.instruction, r, a.max_source) for r in dev]
+        summaries = generate_summaries(trainer.model, tokenizer, prompts, a)
         scores = score_summaries(summaries, [[r["summary"].strip()] for r in dev])
         with open(a.result_out, "w") as fh:
             json.dump({"eval_seconds": time.time() - started, "scores": scores, "predictions": summaries[:3]}, fh)

@@ -73,14 +73,14 @@ def load_tokenizer(model_cfg: ModelConfig, extra_special_tokens: list[str]):
 
 
 @contextmanager
-def partitioned_loading(deepspeed_config: dict | None, world_size: int):
-    """Under ZeRO-3 on more than one rank, `from_pretrained` inside DeepSpeed's zero.Init: every parameter is made as
-    its 1/world partition, and transformers reads the checkpoint on rank 0 alone, so no rank holds the whole model
-    (without it each of a node's ranks loads all of it first: a 70B model's bf16 weights on each of 8 GPUs' host
-    processes). transformers obeys a live HfDeepSpeedConfig, held here only while the model loads; the Trainer's own
-    takes over when its arguments are built. Not for a quantized base (transformers then skips zero.Init itself)."""
-    stage = (deepspeed_config or {}).get("zero_optimization", {}).get("stage", 0)
-    if stage != 3 or world_size < 2:
+def partitioned_loading(deepspeed_config: dict | None):
+    """Given the plan's ZeRO-3 DeepSpeed config (where `plan.partitioned_loading`; None: a plain load),
+    `from_pretrained` inside DeepSpeed's zero.Init: every parameter is made as its 1/world partition, and transformers
+    reads the checkpoint on rank 0 alone, so no rank holds the whole model (without it each of a node's ranks loads
+    all of it first: a 70B model's bf16 weights on each of 8 GPUs' host processes). transformers obeys a live
+    HfDeepSpeedConfig, held here only while the model loads; the Trainer's own takes over when its arguments are
+    built."""
+    if deepspeed_config is None:
         yield
         return
     import deepspeed

@@ -80,6 +80,7 @@ class Plan:
     pad_to_multiple_of: int = 1      # batch lengths rounded up to a multiple of this (1: longest in the batch)
     find_unused_parameters: bool = True  # DDP looks for parameters without a gradient after every forward
     gather_for_generation: bool = False  # ZeRO-3: evaluation gathers the whole model once instead of per token
+    partitioned_loading: bool = False    # ZeRO-3 on several ranks: the model is built as its partitions (zero.Init)
 
     def to_json(self) -> str:
         """Unredacted: for the broadcast to the ranks of an external launcher (memory, never a file)."""

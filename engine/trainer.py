@@ -196,19 +196,15 @@ class DialogueSummarizationTrainer:
 
     def _load_model(self):
         """The task's model; with adapters (training.method lora/dora/qlora) the frozen base, quantized for QLoRA,
-        wrapped by PEFT; under ZeRO-3 on several ranks, built partitioned (engine.modeling.partitioned_loading).
+        wrapped by PEFT; built partitioned where the plan says so (`plan.partitioned_loading`).
         Seeded first: the speaker tags' new embedding rows and the adapters start random, and a rerun (or a resumed
         run's uninterrupted twin) must start from the same weights."""
         from transformers import set_seed
 
         set_seed(self.cfg.experiment.seed)
         quantization = quantization_config(self.cfg)
-        # not for QLoRA (transformers skips zero.Init for a quantized base), nor adapters on CPU ranks: PEFT's ZeRO-3
-        # set-up of trainable token rows (the speaker tags) is CUDA-only
-        partition = self.plan.use_deepspeed and quantization is None and (
-            self.plan.device == "cuda" or not uses_adapters(self.cfg))
-        ds_config = self.plan.deepspeed_config if partition else None
-        with partitioned_loading(ds_config, self.plan.world_size):  # PEFT sees the partitioned base for what it is
+        ds_config = self.plan.deepspeed_config if self.plan.partitioned_loading else None  # the planner's answer
+        with partitioned_loading(ds_config):  # PEFT sees the partitioned base for what it is
             model = load_model(self.cfg.model, self.tokenizer, self.task, quantization,
                                dtype=base_dtype(self.cfg, self.plan.precision))
             if uses_adapters(self.cfg):

@@ -116,7 +116,7 @@ class Setting:
         cpu = 0 if self.device == "cpu" else cpu_bytes_per_node(
             spec, stage=c.zero_stage, gpus_per_node=self.nproc, nnodes=self.nnodes,
             offload_optimizer=c.offload_optimizer, offload_params=c.offload_params, adapters=self.adapters,
-            precision=self.precision, zero_init=self.world > 1 and self.method != "qlora")
+            precision=self.precision, zero_init=loads_partitioned(c.zero_stage, self.world, self.method, self.device))
         return Footprint(states, acts, overhead_bytes(spec, device=self.device, stage=c.zero_stage,
                                                       precision=self.precision), cpu, self.correction)
 
@@ -474,6 +474,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
     if chosen.zero_stage == 3:
         gather, reasons["gather_for_generation"] = _gather_for_generation(
             cfg, setting if spec is not None else None, chosen, speed.eval_batch_size)
+    method = setting.method if spec else _unplanned_method(cfg)
     ds = None
     if use_deepspeed:
         ds = render_deepspeed_config(zero_stage=chosen.zero_stage, precision=precision, micro_batch_size=micro,
@@ -483,7 +484,7 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
                                      offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params)
     return Plan(
         run_id=run_id, config={}, config_sources={}, device=device, backend=backend_for(device),
-        task=spec.task if spec else "seq2seq", method=setting.method if spec else _unplanned_method(cfg),
+        task=spec.task if spec else "seq2seq", method=method,
         nnodes=nnodes, nproc_per_node=nproc, world_size=world, precision=precision, zero_stage=chosen.zero_stage,
         use_deepspeed=use_deepspeed, offload_optimizer=chosen.offload_optimizer, offload_params=chosen.offload_params,
         gradient_checkpointing=chosen.gradient_checkpointing, micro_batch_size=micro,
@@ -491,7 +492,8 @@ def plan_for_spec(cfg: DialsumConfig, spec: ModelSpec | None, topology: Topology
         reasons=reasons, memory=memory, env=_rank_env(device, topology, nproc, env or {}), topology=topology.to_dict(),
         group_by_length=speed.group_by_length, eval_batch_size=speed.eval_batch_size, optim=speed.optim,
         dataloader_num_workers=speed.dataloader_num_workers, pad_to_multiple_of=speed.pad_to_multiple_of,
-        find_unused_parameters=speed.find_unused_parameters, gather_for_generation=gather)
+        find_unused_parameters=speed.find_unused_parameters, gather_for_generation=gather,
+        partitioned_loading=use_deepspeed and loads_partitioned(chosen.zero_stage, world, method, device))
 
 
 def _traced(setting: Setting, name: str, candidates: list[Candidate], micro: int) -> tuple[Setting, dict]:
@@ -800,6 +802,14 @@ def speed_choices(cfg: DialsumConfig, topology: Topology, c: Candidate, *, micro
                         {"group_by_length": group_reason, "eval_batch_size": eval_reason, "optim": optim_reason,
                          "dataloader_num_workers": workers_reason, "pad_to_multiple_of": pad_reason,
                          "find_unused_parameters": unused_reason})
+
+
+def loads_partitioned(stage: int, world: int, method: str, device: str) -> bool:
+    """Whether the ranks build the model as its ZeRO-3 partitions (zero.Init, engine.modeling.partitioned_loading)
+    instead of each loading all of it; the host-RAM estimate and the engine's loading both follow this one answer.
+    Not for QLoRA (transformers skips zero.Init for a quantized base), nor for adapters on CPU ranks (PEFT's ZeRO-3
+    set-up of trainable token rows, the speaker tags, is CUDA-only)."""
+    return stage == 3 and world > 1 and method != "qlora" and (device == "cuda" or method == "full")
 
 
 def _gather_for_generation(cfg: DialsumConfig, setting: Setting | None, c: Candidate,

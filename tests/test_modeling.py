@@ -220,7 +220,7 @@ model_dir, out = sys.argv[1], sys.argv[2]
 ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
       "zero_optimization": {"stage": 3}}
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
-with partitioned_loading(ds, dist.get_world_size()):
+with partitioned_loading(ds):
     model = load_model(ModelConfig(name_or_path=model_dir), tokenizer, get_task("causal"))
     inside = is_deepspeed_zero3_enabled()
 saved = load_file(f"{model_dir}/model.safetensors")

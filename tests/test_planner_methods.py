@@ -12,7 +12,7 @@ from engine.schema import DialsumConfig
 from launcher.memory_estimate import (
     NF4_BYTES_PER_PARAM, AdapterSpec, adapter_params, frozen_base_bytes, model_spec, model_state_bytes,
 )
-from launcher.planner import make_plan
+from launcher.planner import loads_partitioned, make_plan
 from launcher.topology import load_topology
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -104,15 +104,27 @@ def test_auto_takes_full_fine_tuning_where_it_fits_and_adapters_where_it_does_no
 def test_zero3_on_several_gpus_loads_partitioned_so_a_70b_lora_fits_one_node():
     """Llama-3.1-70B LoRA on 8 x A100-40GB (1 TiB host RAM): each rank loading the 141 GB bf16 base first would need
     1.1 TB of host RAM per node; inside zero.Init (engine.modeling.partitioned_loading) a rank builds one layer at a
-    time, so ZeRO-3 fits, as PEFT's guide runs 70B LoRA on 8 GPUs. One GPU (ZeRO-3 does not load partitioned there)
-    still counts the whole base on the host."""
+    time, so ZeRO-3 fits, as PEFT's guide runs 70B LoRA on 8 GPUs; the plan tells the ranks to load so. One GPU
+    (ZeRO-3 does not load partitioned there) still counts the whole base on the host."""
     seventy = str(FIXTURES / "model_configs" / "llama-3.1-70b")
     plan = _plan(seventy, "a100x8-nvlink", method="lora", global_batch=16)
-    assert plan.zero_stage == 3 and not plan.offload_params
+    assert plan.zero_stage == 3 and not plan.offload_params and plan.partitioned_loading
     spec = model_spec(seventy)
     assert plan.memory["cpu_bytes_per_node"] < 2 * spec.params / 4   # not even a quarter of the bf16 base
     one = _plan(seventy, "h100x1", method="lora", global_batch=16)
+    assert not one.partitioned_loading
     assert one.memory["cpu_bytes_per_node"] > 2 * spec.params        # the whole bf16 base, and then some
+
+
+@pytest.mark.parametrize("stage,world,method,device,partitioned", [
+    (3, 8, "lora", "cuda", True), (3, 2, "full", "cpu", True),
+    (2, 8, "full", "cuda", False),   # only ZeRO-3 partitions parameters
+    (3, 1, "full", "cuda", False),   # one rank: nothing to partition over
+    (3, 8, "qlora", "cuda", False),  # transformers skips zero.Init for a quantized base
+    (3, 2, "lora", "cpu", False),    # PEFT's ZeRO-3 set-up of trainable token rows is CUDA-only
+])
+def test_one_answer_says_where_the_ranks_load_the_model_partitioned(stage, world, method, device, partitioned):
+    assert loads_partitioned(stage, world, method, device) is partitioned
 
 
 def test_past_runs_correct_only_plans_of_their_own_method(tmp_path, monkeypatch):
